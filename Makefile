@@ -1,0 +1,67 @@
+# Medallion pipeline for sales operations. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+INPUT ?=
+ROWS ?= 100000
+PARAMS_ENV ?= local
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run services stop status bootstrap lab test test-fast lint format sample sample-committed clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is required"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+venv: $(STAMP) ## Create .venv and install the pinned requirements
+
+run: $(STAMP) ## Run the whole DAG (sample data, or INPUT=file-or-folder) on the embedded or configured services
+	$(PY) -m medallion.cli run --params-env $(PARAMS_ENV) $(if $(INPUT),--input "$(INPUT)")
+
+services: $(STAMP) ## Start the embedded S3 (SeaweedFS) and PostgreSQL on 127.0.0.1
+	$(PY) -m medallion.cli services start
+
+stop: ## Stop the embedded services
+	@if [ -x $(PY) ]; then $(PY) -m medallion.cli services stop; fi
+
+status: $(STAMP) ## Show whether the embedded services are running
+	$(PY) -m medallion.cli services status
+
+bootstrap: $(STAMP) ## Create the buckets and apply sql/ (idempotent)
+	$(PY) -m medallion.cli bootstrap --params-env $(PARAMS_ENV)
+
+lab: $(STAMP) ## Open JupyterLab on notebooks/ against the same services
+	eval "$$($(PY) -m medallion.cli env)" && $(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir notebooks
+
+test: $(STAMP) ## Run all tests (notebooks with nbval, DAG, end to end) against real services
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env
+
+test-fast: $(STAMP) ## Tests without the end-to-end DAG runs
+	$(PY) -m pytest tests -m "not e2e"
+
+lint: $(STAMP) ## ruff check + format check
+	$(BIN)/ruff check medallion dags tests
+	$(BIN)/ruff format --check medallion dags tests
+
+format: $(STAMP) ## ruff format + autofix
+	$(BIN)/ruff check --fix medallion dags tests
+	$(BIN)/ruff format medallion dags tests
+
+sample: $(STAMP) ## Generate ROWS realistic sales lines into data/generated/
+	$(PY) -m medallion.sample --rows $(ROWS) --out data/generated
+
+sample-committed: $(STAMP) ## Regenerate the committed sample in data/sample/
+	$(PY) -m medallion.sample --committed
+
+clean: stop ## Stop services and remove local state (.local/, outputs/)
+	rm -rf .local outputs/*/

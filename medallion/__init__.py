@@ -1,0 +1,1 @@
+"""Notebook-first medallion pipeline for sales operations."""

@@ -1,0 +1,72 @@
+"""Local files -> bronze: the delivered bytes, unchanged, under keys no delivery overwrites."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from minio import Minio
+
+from medallion import storage
+
+SUPPORTED_SUFFIXES = {".csv", ".tsv", ".txt", ".json", ".jsonl", ".ndjson"}
+PREFIX = "ventas"
+
+
+@dataclass
+class Delivery:
+    path: Path
+    sha256: str
+    size: int
+    key: str
+    status: str  # uploaded | already in bronze
+
+
+def list_input_files(input_path: Path) -> list[Path]:
+    """The CSV/JSON files of a delivery: one file, or every supported file in a folder (sorted)."""
+    if not input_path.exists():
+        raise FileNotFoundError(f"Input path {input_path} does not exist")
+    if input_path.is_file():
+        return [input_path]
+    files = sorted(
+        p
+        for p in input_path.rglob("*")
+        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith(".")
+    )
+    if not files:
+        raise FileNotFoundError(
+            f"No CSV or JSON files in {input_path} (looked for {sorted(SUPPORTED_SUFFIXES)})"
+        )
+    return files
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ingest_file(
+    client: Minio, bucket: str, path: Path, ingest_date: dt.date | None = None
+) -> Delivery:
+    """Upload one file unless the same bytes are already in bronze (then reuse that object).
+
+    Key: ``ventas/ingest_date=YYYY-MM-DD/<sha256[:16]>/<file name>``; an index object per
+    content hash makes re-delivering the same bytes a no-op on any later day.
+    """
+    sha = sha256_of(path)
+    index_key = f"_index/sha256={sha}.json"
+    if storage.object_exists(client, bucket, index_key):
+        key = storage.get_json(client, bucket, index_key)["key"]
+        return Delivery(path, sha, path.stat().st_size, key, "already in bronze")
+    ingest_date = ingest_date or dt.datetime.now(dt.UTC).date()
+    key = f"{PREFIX}/ingest_date={ingest_date.isoformat()}/{sha[:16]}/{path.name}"
+    client.fput_object(bucket, key, str(path), metadata={"sha256": sha})
+    storage.put_json(
+        client, bucket, index_key, {"key": key, "sha256": sha, "source_path": str(path)}
+    )
+    return Delivery(path, sha, path.stat().st_size, key, "uploaded")

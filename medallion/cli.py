@@ -1,0 +1,123 @@
+"""Command line behind the Makefile: services, bootstrap, run, summary, lab.
+
+python -m medallion.cli run [--input PATH] [--params-env local]
+python -m medallion.cli services start|stop|status
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from medallion import services, storage, warehouse
+from medallion.runs import airflow_env, run_dag, summary
+from medallion.settings import LOCAL_DIR, env_var_name, load_params, run_slug
+
+EXTERNAL = (env_var_name("minio_default"), env_var_name("postgres_default"))
+
+
+def use_services() -> str:
+    """External services when both AIRFLOW_CONN_* are set; otherwise the embedded ones."""
+    if all(os.environ.get(name) for name in EXTERNAL):
+        return "external (AIRFLOW_CONN_MINIO_DEFAULT, AIRFLOW_CONN_POSTGRES_DEFAULT)"
+    state = services.start()
+    os.environ.update(services.connection_env())
+    return f"embedded (S3: {state['s3']}, PostgreSQL: {state['postgres']})"
+
+
+def bootstrap(params_env: str) -> None:
+    """Buckets and SQL objects, both idempotent."""
+    params = load_params(params_env)
+    storage.ensure_buckets(
+        storage.s3_client(params["minio_conn_id"]),
+        [params["bronze_bucket"], params["silver_bucket"], params["gold_bucket"]],
+    )
+    warehouse.apply_sql(warehouse.engine(params["postgres_conn_id"]))
+
+
+def print_summary(result: dict) -> None:
+    print("\n== medallion_ventas: resumen de la ejecución ==")
+    print(f"run_id:                {result['run_id']}")
+    print(f"archivos:              {result['files']}")
+    print(f"líneas leídas:         {result['lines_read']}")
+    print(f"filas a silver:        {result['rows_to_silver']}")
+    print(f"filas en cuarentena:   {result['rows_quarantined']}")
+    for table, count in result["staging_rows"].items():
+        merged = result["merge"].get(table)
+        change = (
+            f"  (+{merged['inserted']} nuevas, {merged['updated']} actualizadas)" if merged else ""
+        )
+        print(f"{table + ':':<40}{count:>8}{change}")
+    print(f"notebooks ejecutados:  {result['outputs']}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    print(f"servicios: {use_services()}")
+    bootstrap(args.params_env)
+    conf = {"params_env": args.params_env}
+    if args.input:
+        conf["input_path"] = os.path.abspath(args.input)
+    log_file = LOCAL_DIR / "airflow" / "last_run.log"
+    print(f"ejecutando el DAG medallion_ventas (log de Airflow: {log_file}) ...", flush=True)
+    result = run_dag(conf, airflow_env(), log_file)
+    outputs = f"outputs/{run_slug(result['run_id'])}"
+    if result["state"] != "success":
+        print(
+            f"\nEl DAG falló (run {result['run_id']}). Notebooks ejecutados en {outputs}; "
+            f"log en {log_file}:\n",
+            file=sys.stderr,
+        )
+        print("".join(log_file.read_text().splitlines(keepends=True)[-40:]), file=sys.stderr)
+        return 1
+    params = load_params(args.params_env)
+    print_summary(summary(warehouse.engine(params["postgres_conn_id"]), result["run_id"]))
+    print(f"tiempo total:          {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    action = {"start": services.start, "stop": services.stop, "status": services.status}
+    print(json.dumps(action[args.action](), ensure_ascii=False))
+    return 0
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    print(f"servicios: {use_services()}")
+    bootstrap(args.params_env)
+    print("buckets y objetos SQL listos")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """Print shell exports of the connections (for `make lab` or a terminal)."""
+    use_services()
+    for name in EXTERNAL:
+        print(f"export {name}='{os.environ[name]}'")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medallion")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the DAG once on the sample or on --input")
+    run.add_argument("--input", help="CSV/JSON file or folder (default: the parameter set's)")
+    run.add_argument("--params-env", default="local")
+    run.set_defaults(func=cmd_run)
+    svc = sub.add_parser("services", help="embedded S3 + PostgreSQL")
+    svc.add_argument("action", choices=["start", "stop", "status"])
+    svc.set_defaults(func=cmd_services)
+    boot = sub.add_parser("bootstrap", help="create buckets and apply sql/")
+    boot.add_argument("--params-env", default="local")
+    boot.set_defaults(func=cmd_bootstrap)
+    env = sub.add_parser("env", help="print AIRFLOW_CONN_* exports")
+    env.set_defaults(func=cmd_env)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The sales-line contract (``params/contract.yaml``): canonical columns, header synonyms, types."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pyarrow as pa
+import yaml
+
+from medallion.settings import PARAMS_DIR
+
+DECIMAL_PRECISION = 18
+LINEAGE_COLUMNS = ["line_key", "source_object", "source_line", "run_id"]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # string | date | integer | decimal
+    required: bool = False
+    scale: int = 0
+    synonyms: tuple[str, ...] = ()
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return {
+            "string": pa.string(),
+            "date": pa.date32(),
+            "integer": pa.int64(),
+        }.get(self.type) or pa.decimal128(DECIMAL_PRECISION, self.scale)
+
+
+def normalize_header(text: str) -> str:
+    """'Sub-Category' -> 'sub_category', 'Fecha Envío' -> 'fecha_envio'."""
+    ascii_text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")
+
+
+@dataclass(frozen=True)
+class Contract:
+    columns: dict[str, Column]
+    date_format_fallback: str = "%d/%m/%Y"
+
+    @cached_property
+    def synonyms(self) -> dict[str, str]:
+        """Normalised header -> canonical column name."""
+        out: dict[str, str] = {}
+        for col in self.columns.values():
+            for alias in (col.name, *col.synonyms):
+                out[normalize_header(alias)] = col.name
+        return out
+
+    @property
+    def required(self) -> list[str]:
+        return [c.name for c in self.columns.values() if c.required]
+
+    def canonical(self, header: str) -> str | None:
+        return self.synonyms.get(normalize_header(header))
+
+    @cached_property
+    def silver_schema(self) -> pa.Schema:
+        fields = [pa.field(c.name, c.arrow_type) for c in self.columns.values()]
+        return pa.schema(
+            [
+                pa.field("line_key", pa.string(), nullable=False),
+                *fields,
+                pa.field("extra_attributes", pa.string()),
+                pa.field("source_object", pa.string(), nullable=False),
+                pa.field("source_line", pa.int64(), nullable=False),
+                pa.field("run_id", pa.string(), nullable=False),
+            ]
+        )
+
+    @cached_property
+    def quarantine_schema(self) -> pa.Schema:
+        return pa.schema(
+            [
+                pa.field("run_id", pa.string()),
+                pa.field("source_object", pa.string()),
+                pa.field("source_line", pa.int64()),
+                pa.field("reject_reason", pa.string()),
+                pa.field("raw_record", pa.string()),
+                *[pa.field(name, pa.string()) for name in self.columns],
+            ]
+        )
+
+
+def load_contract(path: str | Path | None = None) -> Contract:
+    path = Path(path) if path else PARAMS_DIR / "contract.yaml"
+    spec = yaml.safe_load(path.read_text())
+    columns = {
+        name: Column(
+            name=name,
+            type=attrs.get("type", "string"),
+            required=bool(attrs.get("required", False)),
+            scale=int(attrs.get("scale", 0)),
+            synonyms=tuple(attrs.get("synonyms", ())),
+        )
+        for name, attrs in spec["columns"].items()
+    }
+    return Contract(
+        columns=columns, date_format_fallback=spec.get("date_format_fallback", "%d/%m/%Y")
+    )

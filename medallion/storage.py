@@ -1,0 +1,138 @@
+"""Object-store I/O (MinIO or any S3 server) for the bronze, silver and gold buckets."""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from minio import Minio
+from minio.error import S3Error
+
+from medallion.settings import Connection, get_connection
+
+
+def s3_client(conn: str | Connection = "minio_default") -> Minio:
+    """A MinIO client for an Airflow ``aws`` connection with ``endpoint_url`` in its extra."""
+    if isinstance(conn, str):
+        conn = get_connection(conn)
+    endpoint = conn.extra.get("endpoint_url") or conn.extra.get("host")
+    if not endpoint:
+        raise ValueError(f"Connection '{conn.conn_id}' needs extra.endpoint_url (the S3 server)")
+    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    return Minio(
+        parts.netloc,
+        access_key=conn.login or conn.extra.get("aws_access_key_id"),
+        secret_key=conn.password or conn.extra.get("aws_secret_access_key"),
+        secure=parts.scheme == "https",
+        region=conn.extra.get("region_name", "us-east-1"),
+    )
+
+
+def ensure_buckets(client: Minio, buckets: list[str]) -> list[str]:
+    """Create the buckets that do not exist yet; return the ones created."""
+    created = []
+    for bucket in buckets:
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket)
+            created.append(bucket)
+    return created
+
+
+def object_exists(client: Minio, bucket: str, key: str) -> bool:
+    try:
+        client.stat_object(bucket, key)
+    except S3Error as err:
+        if err.code in {"NoSuchKey", "NoSuchObject", "NotFound"}:
+            return False
+        raise
+    return True
+
+
+def put_json(client: Minio, bucket: str, key: str, payload: Any) -> None:
+    data = json.dumps(payload, indent=2, default=str, ensure_ascii=False).encode()
+    client.put_object(bucket, key, io.BytesIO(data), len(data), content_type="application/json")
+
+
+def get_json(client: Minio, bucket: str, key: str) -> Any:
+    response = client.get_object(bucket, key)
+    try:
+        return json.loads(response.read())
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def manifest_key(run_id: str, step: str) -> str:
+    """Where a step records what it wrote for a run; the next step reads only that."""
+    from medallion.settings import run_slug
+
+    return f"_manifests/{run_slug(run_id)}/{step}.json"
+
+
+@contextmanager
+def downloaded(client: Minio, bucket: str, key: str) -> Iterator[Path]:
+    """Download an object to a temporary file (streamed, not held in memory)."""
+    with tempfile.TemporaryDirectory(prefix="medallion-") as tmp:
+        path = Path(tmp) / Path(key).name
+        client.fget_object(bucket, key, str(path))
+        yield path
+
+
+class ParquetUpload:
+    """Write a Parquet object batch by batch (one row group per batch), then upload it."""
+
+    def __init__(self, client: Minio, bucket: str, key: str, schema: pa.Schema):
+        self.client, self.bucket, self.key, self.schema = client, bucket, key, schema
+        self._tmp = tempfile.TemporaryDirectory(prefix="medallion-")
+        self.path = Path(self._tmp.name) / "part.parquet"
+        self._writer = pq.ParquetWriter(self.path, schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._writer.write_table(table.select(self.schema.names).cast(self.schema))
+            self.rows += table.num_rows
+
+    def close(self) -> int:
+        """Upload the object; with no rows, remove what an earlier run may have left there."""
+        self._writer.close()
+        if self.rows:
+            self.client.fput_object(
+                self.bucket, self.key, str(self.path), content_type="application/vnd.apache.parquet"
+            )
+        else:
+            self.client.remove_object(self.bucket, self.key)
+        self._tmp.cleanup()
+        return self.rows
+
+    def __enter__(self) -> ParquetUpload:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._writer.close()
+            self._tmp.cleanup()
+
+
+def iter_parquet_batches(
+    client: Minio, bucket: str, key: str, batch_size: int = 100_000
+) -> Iterator[pa.RecordBatch]:
+    """Stream a Parquet object batch by batch."""
+    with downloaded(client, bucket, key) as path:
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+
+
+def read_parquet(client: Minio, bucket: str, key: str) -> pa.Table:
+    """Read a whole (small) Parquet object, e.g. a quarantine file for display."""
+    with downloaded(client, bucket, key) as path:
+        return pq.read_table(path)

@@ -1,0 +1,187 @@
+"""Warehouse I/O (PostgreSQL): engine, transactions, ordered DDL, COPY loading, run log."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from psycopg2 import sql
+from sqlalchemy import Connection as SAConnection
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import URL
+
+from medallion.settings import SQL_DIR, get_connection
+
+TRANSIT_TABLES = {
+    "dim_inventario": "bulk_dim_inventario",
+    "dim_cliente": "bulk_dim_cliente",
+    "fact_operaciones_ventas": "bulk_fact_operaciones_ventas",
+}
+
+
+def engine(conn_id: str = "postgres_default") -> Engine:
+    """A SQLAlchemy engine (psycopg2) for an Airflow postgres connection."""
+    conn = get_connection(conn_id)
+    url = URL.create(
+        "postgresql+psycopg2",
+        username=conn.login,
+        password=conn.password,
+        host=conn.host,
+        port=conn.port,
+        database=conn.schema or "postgres",
+        query={k: v for k, v in conn.extra.items() if k in {"sslmode", "options"}},
+    )
+    return create_engine(url, pool_pre_ping=True)
+
+
+@contextmanager
+def transaction(eng: Engine) -> Iterator[SAConnection]:
+    """One transaction: commits when the block ends, rolls back on any error."""
+    with eng.begin() as conn:
+        yield conn
+
+
+def apply_sql(eng: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Apply every ``sql/NNN_*.sql`` file in order; each file is idempotent."""
+    applied = []
+    with transaction(eng) as conn, conn.connection.driver_connection.cursor() as cur:
+        # Serialise concurrent bootstraps (two runs starting at once).
+        cur.execute("select pg_advisory_xact_lock(hashtext('medallion.apply_sql'))")
+        for path in sorted(sql_dir.glob("[0-9][0-9][0-9]_*.sql")):
+            cur.execute(path.read_text())  # no parameters: '%' in the files stays literal
+            applied.append(path.name)
+    return applied
+
+
+# --------------------------------------------------------------------------- COPY loading
+
+
+def _copy_text(value: Any) -> str:
+    """One value in PostgreSQL's COPY text format (\\N is NULL; specials escaped)."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return r"\N"
+    if isinstance(value, float) and math.isnan(value):
+        return r"\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime | date | pd.Timestamp):
+        return value.isoformat()
+    return (
+        str(value)
+        .replace("\\", "\\\\")
+        .replace("\t", "\\t")
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+    )
+
+
+def copy_method(table: Any, conn: Any, keys: list[str], data_iter: Iterable[tuple]) -> int:
+    """``DataFrame.to_sql(method=copy_method)``: stream the rows with COPY instead of INSERTs.
+
+    The callable pandas documents for ``method=``: it receives each chunk's rows in
+    ``data_iter`` (so it is safe with ``chunksize``) and writes them with one COPY per chunk.
+    """
+    buffer = io.StringIO()
+    rows = 0
+    for row in data_iter:
+        buffer.write("\t".join(_copy_text(v) for v in row))
+        buffer.write("\n")
+        rows += 1
+    buffer.seek(0)
+    target = (
+        sql.Identifier(table.schema, table.name) if table.schema else sql.Identifier(table.name)
+    )
+    statement = sql.SQL("copy {} ({}) from stdin with (format text)").format(
+        target, sql.SQL(", ").join(map(sql.Identifier, keys))
+    )
+    dbapi = conn.connection.driver_connection
+    with dbapi.cursor() as cur:
+        cur.copy_expert(statement.as_string(dbapi), buffer)
+    return rows
+
+
+def clear_transit(conn: SAConnection, table: str, run_id: str) -> int:
+    """Remove a run's rows from a transit table, so a retried load never doubles them."""
+    result = conn.execute(
+        text(f"delete from public.{TRANSIT_TABLES[table]} where run_id = :run_id"),  # noqa: S608 - fixed names
+        {"run_id": run_id},
+    )
+    return result.rowcount
+
+
+def load_transit(conn: SAConnection, table: str, frame: pd.DataFrame) -> int:
+    """Append a batch to ``public.bulk_<table>`` through ``to_sql(if_exists="append")``."""
+    frame.to_sql(
+        TRANSIT_TABLES[table],
+        conn,
+        schema="public",
+        if_exists="append",
+        index=False,
+        method=copy_method,
+    )
+    return len(frame)
+
+
+# --------------------------------------------------------------------------- run log
+
+
+def log_step(
+    eng: Engine,
+    run_id: str,
+    step: str,
+    source: str,
+    *,
+    lines_in: int | None = None,
+    rows_out: int | None = None,
+    rows_quarantined: int | None = None,
+    status: str = "success",
+    started_at: datetime | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Record (or replace, on a retry) one row of ``audit.run_log`` for a run, step and source."""
+    with transaction(eng) as conn:
+        conn.execute(
+            text(
+                """
+                insert into audit.run_log as r (run_id, step, source, lines_in, rows_out,
+                    rows_quarantined, status, started_at, finished_at, details)
+                values (:run_id, :step, :source, :lines_in, :rows_out, :rows_quarantined,
+                    :status, coalesce(:started_at, now()), now(), cast(:details as jsonb))
+                on conflict (run_id, step, source) do update set
+                    lines_in = excluded.lines_in, rows_out = excluded.rows_out,
+                    rows_quarantined = excluded.rows_quarantined, status = excluded.status,
+                    started_at = excluded.started_at, finished_at = excluded.finished_at,
+                    details = excluded.details
+                """
+            ),
+            {
+                "run_id": run_id,
+                "step": step,
+                "source": source,
+                "lines_in": lines_in,
+                "rows_out": rows_out,
+                "rows_quarantined": rows_quarantined,
+                "status": status,
+                "started_at": started_at,
+                "details": json.dumps(details or {}, default=str, ensure_ascii=False),
+            },
+        )
+
+
+def run_log(eng: Engine, run_id: str) -> pd.DataFrame:
+    with eng.connect() as conn:
+        return pd.read_sql(
+            text("select * from audit.run_log where run_id = :run_id order by started_at, step"),
+            conn,
+            params={"run_id": run_id},
+        )

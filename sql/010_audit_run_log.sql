@@ -1,0 +1,15 @@
+-- One row per run, step and source (file or table): what came in, what went out, what was
+-- quarantined. Keyed so that a retried step replaces its row instead of adding a second one.
+create table if not exists audit.run_log (
+    run_id           text        not null,
+    step             text        not null,
+    source           text        not null,
+    lines_in         bigint,
+    rows_out         bigint,
+    rows_quarantined bigint,
+    status           text        not null,
+    started_at       timestamptz not null default now(),
+    finished_at      timestamptz,
+    details          jsonb       not null default '{}'::jsonb,
+    primary key (run_id, step, source)
+);

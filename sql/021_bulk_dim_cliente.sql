@@ -1,0 +1,10 @@
+-- Transit table for gold dim_cliente (see bulk_dim_inventario for the conventions).
+create table if not exists public.bulk_dim_cliente (
+    customer_id     text,
+    customer_name   text,
+    segment         text,
+    last_order_date date,
+    run_id          text not null,
+    bulk_seq        bigint generated always as identity,
+    loaded_at       timestamptz not null default now()
+);

@@ -1,0 +1,31 @@
+-- One row per source sales line; line_key is the contract's line key (the source's row id, or
+-- order id + position in the order). Measures keep the delivered decimals (numeric, no float).
+create table if not exists staging.fact_operaciones_ventas (
+    line_key       text           primary key,
+    row_id         text,
+    order_id       text           not null,
+    order_date     date           not null,
+    ship_date      date,
+    ship_mode      text,
+    cliente_key    bigint         not null references staging.dim_cliente (cliente_key),
+    inventario_key bigint         not null references staging.dim_inventario (inventario_key),
+    country        text,
+    city           text,
+    state          text,
+    postal_code    text,
+    region         text,
+    sales          numeric(18, 4) not null,
+    quantity       bigint         not null,
+    discount       numeric(18, 4),
+    profit         numeric(18, 4),
+    source_object  text,
+    source_line    bigint,
+    run_id         text,
+    created_at     timestamptz    not null default now(),
+    updated_at     timestamptz    not null default now()
+);
+
+create index if not exists fact_operaciones_ventas_cliente_key_idx
+    on staging.fact_operaciones_ventas (cliente_key);
+create index if not exists fact_operaciones_ventas_inventario_key_idx
+    on staging.fact_operaciones_ventas (inventario_key);
