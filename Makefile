@@ -10,7 +10,7 @@ ROWS ?= 100000
 PARAMS_ENV ?= local
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run services stop status bootstrap lab test test-fast lint format sample sample-committed clean
+.PHONY: help venv run services stop status bootstrap lab test test-fast lint format sample sample-committed notebooks clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ format: $(STAMP) ## ruff format + autofix
 
 sample: $(STAMP) ## Generate ROWS realistic sales lines into data/generated/
 	$(PY) -m medallion.sample --rows $(ROWS) --out data/generated
+
+notebooks: $(STAMP) ## Re-execute notebooks/ and store the outputs nbval checks
+	eval "$$($(PY) -m medallion.cli env)" && $(PY) -m medallion.notebooks
 
 sample-committed: $(STAMP) ## Regenerate the committed sample in data/sample/
 	$(PY) -m medallion.sample --committed

@@ -429,7 +429,7 @@ def apply_rules(
         mask = mask.fillna(False).astype(bool)
         if message:
             reasons = reasons.mask(mask, reasons + message + "; ")
-    reasons = reasons + parse_error.fillna("").astype("string")
+    reasons = reasons + parse_error.astype("string").fillna("")
     reasons = reasons.mask(duplicate != "", reasons + duplicate)
     return chunk, reasons.str.rstrip("; ")
 

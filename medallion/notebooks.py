@@ -1,0 +1,41 @@
+"""Keep the committed notebooks' checked outputs in step with the sample (for nbval).
+
+nbval (``--nbval-lax``) compares only the cells marked ``# NBVAL_CHECK_OUTPUT`` with the
+outputs stored in the notebook. ``make notebooks`` executes every notebook with its default
+parameters and stores the outputs of those cells only; all other outputs are cleared.
+
+    python -m medallion.notebooks
+"""
+
+from __future__ import annotations
+
+import nbformat
+from nbclient import NotebookClient
+
+from medallion.settings import NOTEBOOKS_DIR
+
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+
+
+def refresh(name: str) -> None:
+    path = NOTEBOOKS_DIR / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, kernel_name="python3", timeout=600,
+                   resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}).execute()
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.metadata.pop("execution", None)
+        if CHECK_MARK not in cell.source:
+            cell.outputs = []
+    nbformat.write(nb, path)
+
+
+def main() -> None:
+    for path in sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")):
+        refresh(path.stem)
+        print(f"refreshed {path.name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Real services for the tests: the embedded S3 server and PostgreSQL (or the ones named by
+AIRFLOW_CONN_MINIO_DEFAULT / AIRFLOW_CONN_POSTGRES_DEFAULT), started once per session.
+
+Tests get a fresh database (``medallion_test``) so that exact counts hold; the connection
+variables are set before any notebook kernel starts, so nbval's kernels use them too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from urllib.parse import quote
+
+import psycopg2
+import pytest
+
+from medallion import services, storage, warehouse
+from medallion.settings import Connection, env_var_name, get_connection, load_params
+
+TEST_DATABASE = "medallion_test"
+
+
+def _uri(conn: Connection) -> str:
+    auth = f"{quote(conn.login or '', safe='')}:{quote(conn.password or '', safe='')}@"
+    return f"postgresql://{auth}{conn.host}:{conn.port or 5432}/{quote(conn.schema or '')}"
+
+
+def _fresh_database(conn: Connection) -> Connection:
+    admin = psycopg2.connect(host=conn.host, port=conn.port, user=conn.login,
+                             password=conn.password, dbname=conn.schema or "postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'drop database if exists "{TEST_DATABASE}" with (force)')
+        cur.execute(f'create database "{TEST_DATABASE}"')
+    admin.close()
+    return replace(conn, schema=TEST_DATABASE)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.option.collectonly or os.environ.get("MEDALLION_TEST_SERVICES_READY"):
+        return
+    if not all(os.environ.get(env_var_name(c)) for c in ("minio_default", "postgres_default")):
+        services.start()
+        os.environ.update(services.connection_env())
+    test_db = _fresh_database(get_connection("postgres_default"))
+    os.environ[env_var_name("postgres_default")] = _uri(test_db)
+    params = load_params("local")
+    storage.ensure_buckets(
+        storage.s3_client("minio_default"),
+        [params["bronze_bucket"], params["silver_bucket"], params["gold_bucket"]],
+    )
+    warehouse.apply_sql(warehouse.engine("postgres_default"))
+    os.environ["MEDALLION_TEST_SERVICES_READY"] = "1"
+
+
+@pytest.fixture(scope="session")
+def params() -> dict:
+    return load_params("local")
+
+
+@pytest.fixture(scope="session")
+def s3():
+    return storage.s3_client("minio_default")
+
+
+@pytest.fixture(scope="session")
+def db():
+    eng = warehouse.engine("postgres_default")
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def secrets_in_use() -> list[str]:
+    """The passwords of the connections the tests use (to prove no output contains them)."""
+    values = [get_connection("minio_default").password, get_connection("postgres_default").password]
+    return [v for v in values if v]
+
+
+@pytest.fixture
+def sample_expected() -> dict:
+    from medallion.settings import PROJECT_ROOT
+
+    return json.loads((PROJECT_ROOT / "data" / "sample.expected.json").read_text())

@@ -1,0 +1,132 @@
+"""The whole DAG on the committed sample, twice, against the real services (`make run`'s path)."""
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import text
+
+from medallion import storage
+from medallion.settings import OUTPUTS_DIR, PROJECT_ROOT, run_slug
+
+pytestmark = pytest.mark.e2e
+
+TABLES = {
+    "staging.dim_inventario": "inventario_key",
+    "staging.dim_cliente": "cliente_key",
+    "staging.fact_operaciones_ventas": "line_key",
+    "staging.vw_operaciones_ventas": "line_key",
+}
+
+
+def run_pipeline(*args: str) -> str:
+    """`python -m medallion.cli run` as `make run` calls it; returns the run id it printed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "medallion.cli", "run", *args],
+        cwd=PROJECT_ROOT, env=os.environ, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return re.search(r"^run_id:\s+(\S+)", proc.stdout, re.M).group(1)
+
+
+def snapshot(db) -> dict[str, tuple[int, str]]:
+    """Row count and a hash of every row (all columns, timestamps included) per table."""
+    out = {}
+    with db.connect() as conn:
+        for table, key in TABLES.items():
+            out[table] = tuple(conn.execute(text(
+                f"select count(*), md5(coalesce(string_agg(t::text, '|' order by {key}), '')) "  # noqa: S608
+                f"from {table} as t"
+            )).one())
+    return out
+
+
+@pytest.fixture(scope="module")
+def first_run(db):
+    run_id = run_pipeline()
+    return run_id, snapshot(db)
+
+
+@pytest.fixture(scope="module")
+def expected():
+    import json
+
+    files = json.loads((PROJECT_ROOT / "data" / "sample.expected.json").read_text())
+    reasons: Counter = Counter()
+    for f in files.values():
+        reasons.update(f["by_reason"])
+    return {
+        "lines": sum(f["lines"] for f in files.values()),
+        "valid": sum(f["valid"] for f in files.values()),
+        "quarantined": sum(f["quarantined"] for f in files.values()),
+        "sales": sum(Decimal(f["sales"]) for f in files.values()),
+        "customers": len(set().union(*(f["customers"] for f in files.values()))),
+        "products": len(set().union(*(f["products"] for f in files.values()))),
+        "by_reason": dict(reasons),
+    }
+
+
+def test_staging_holds_one_fact_row_per_valid_line(first_run, expected, db):
+    _, counts = first_run
+    assert counts["staging.fact_operaciones_ventas"][0] == expected["valid"]
+    assert counts["staging.vw_operaciones_ventas"][0] == expected["valid"]
+    # one row per natural key, plus the unknown member (-1)
+    assert counts["staging.dim_cliente"][0] == expected["customers"] + 1
+    assert counts["staging.dim_inventario"][0] == expected["products"] + 1
+    with db.connect() as conn:
+        total = conn.execute(text("select sum(sales) from staging.fact_operaciones_ventas")).scalar()
+        orphans = conn.execute(text(
+            "select count(*) from staging.fact_operaciones_ventas "
+            "where cliente_key = -1 or inventario_key = -1")).scalar()
+    assert total == expected["sales"]  # exact decimals: sums reconcile with the source
+    assert orphans == 0
+
+
+def test_run_log_accounts_for_every_line(first_run, expected, db):
+    run_id, _ = first_run
+    with db.connect() as conn:
+        lines_in, rows_out, quarantined = conn.execute(text(
+            "select sum(lines_in), sum(rows_out), sum(rows_quarantined) from audit.run_log "
+            "where run_id = :r and step = 'silver'"), {"r": run_id}).one()
+    assert lines_in == expected["lines"]
+    assert (rows_out, quarantined) == (expected["valid"], expected["quarantined"])
+
+
+def test_quarantine_names_the_reason_of_every_bad_line(first_run, expected, s3, params):
+    run_id, _ = first_run
+    manifest = storage.get_json(s3, params["silver_bucket"], storage.manifest_key(run_id, "silver"))
+    reasons: Counter = Counter()
+    for key in manifest["quarantine"]:
+        rows = storage.read_parquet(s3, params["silver_bucket"], key).to_pylist()
+        assert all(r["source_line"] and r["raw_record"] and r["source_object"] for r in rows)
+        reasons.update(re.sub(r": expected.*", "", r["reject_reason"]) for r in rows)
+    assert dict(reasons) == expected["by_reason"]
+
+
+def test_second_run_changes_nothing(first_run, db):
+    _, before = first_run
+    run_id = run_pipeline()
+    assert snapshot(db) == before
+    with db.connect() as conn:
+        changes = conn.execute(text(
+            "select source, details from audit.run_log where run_id = :r and step = 'merge'"),
+            {"r": run_id}).all()
+    assert len(changes) == 3
+    assert all(d == {"inserted": 0, "updated": 0} for _, d in changes), changes
+
+
+def test_executed_notebooks_are_kept_without_secrets(first_run, secrets_in_use):
+    run_id, _ = first_run
+    folder = OUTPUTS_DIR / run_slug(run_id)
+    notebooks = sorted(p.name for p in folder.glob("*.ipynb"))
+    assert notebooks == ["01_bronze_ingest.ipynb", "02_silver_clean.ipynb",
+                         "03_gold_model.ipynb", "04_load_postgres.ipynb"]
+    assert secrets_in_use, "the tests must know the passwords they use"
+    for path in OUTPUTS_DIR.rglob("*.ipynb"):
+        content = path.read_text()
+        for secret in secrets_in_use:
+            assert secret not in content, f"{path} contains a password"

@@ -1,0 +1,33 @@
+"""The committed sample is the generator's output, and it carries bad lines of every rule."""
+
+import json
+
+from medallion import sample
+from medallion.settings import PROJECT_ROOT
+
+
+def test_committed_sample_is_reproducible(tmp_path):
+    out = tmp_path / "sample"
+    sample.write_committed_sample(out)
+    committed = PROJECT_ROOT / "data" / "sample"
+    for path in committed.iterdir():
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+    assert (tmp_path / "sample.expected.json").read_text() == (
+        PROJECT_ROOT / "data" / "sample.expected.json").read_text()
+
+
+def test_sample_has_bad_lines_of_each_rule():
+    files = json.loads((PROJECT_ROOT / "data" / "sample.expected.json").read_text())
+    seen = set()
+    for f in files.values():
+        seen |= set(f["by_reason"])
+        assert f["lines"] == f["valid"] + f["quarantined"]
+    assert seen == set(sample.BAD_RULES)
+
+
+def test_generated_file_matches_its_expectations(tmp_path):
+    path = sample.write_generated(500, tmp_path, bad_every=50)
+    expected = json.loads((tmp_path / f"{path.name}.expected.json").read_text())
+    assert expected["lines"] == 500
+    assert expected["quarantined"] == 10
+    assert sum(1 for _ in path.open()) == 501  # header + lines

@@ -1,0 +1,170 @@
+"""Bronze -> silver rules on small files, and one file through the real S3 server."""
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from medallion import bronze, silver, storage
+from medallion.contract import load_contract
+
+HEADER = ("Row ID,Order ID,Order Date,Ship Date,Customer ID,Customer Name,Postal Code,"
+          "Product ID,Sales,Quantity,Discount,Profit")
+GOOD = "1,ES-1,2024-03-01,2024-03-04,CL-1,Ana Díaz,08001,P-1,957.5775,3,0.2,-383.031"
+
+
+@pytest.fixture(scope="module")
+def contract():
+    return load_contract()
+
+
+def clean(tmp_path: Path, name: str, text: str, contract):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    fmt, chunks = silver.read_chunks(path, contract, name, batch_size=2)
+    keys = silver.LineKeys()
+    good, bad = [], []
+    for chunk in chunks:
+        if "blank" in chunk:
+            chunk = chunk[~chunk["blank"].fillna(False).astype(bool)].drop(columns="blank")
+        chunk = chunk.assign(source_object=name, run_id="t")
+        chunk, reasons = silver.apply_rules(chunk, contract, keys)
+        rejected = reasons != ""
+        good += silver.to_silver_table(chunk[~rejected], contract).to_pylist()
+        bad += silver.to_quarantine_table(chunk[rejected], reasons[rejected], contract).to_pylist()
+    return fmt, good, bad
+
+
+def test_valid_line_is_typed_exactly(tmp_path, contract):
+    _, good, bad = clean(tmp_path, "a.csv", f"{HEADER}\n{GOOD}\n", contract)
+    assert bad == []
+    (row,) = good
+    assert row["sales"] == Decimal("957.5775")
+    assert row["profit"] == Decimal("-383.031")
+    assert row["postal_code"] == "08001"
+    assert row["quantity"] == 3
+    assert row["line_key"] == "1"
+    assert str(row["order_date"]) == "2024-03-01"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("Order ID", "", "missing order_id"),
+        ("Order Date", "", "missing order_date"),
+        ("Customer ID", " ", "missing customer_id"),
+        ("Product ID", "", "missing product_id"),
+        ("Quantity", "", "missing quantity"),
+        ("Sales", "", "missing sales"),
+        ("Order Date", "2024-02-30", "invalid date in order_date"),
+        ("Ship Date", "2024-02-01", "ship_date before order_date"),
+        ("Quantity", "0", "quantity is not > 0"),
+        ("Quantity", "2.5", "quantity is not an integer"),
+        ("Sales", "-1.5", "sales is negative"),
+        ("Sales", "1.23456", "sales has more than 4 decimal places"),
+        ("Sales", "12a", "sales is not a number"),
+        ("Discount", "1.5", "discount outside [0, 1]"),
+    ],
+)
+def test_each_rule_quarantines_with_its_reason(tmp_path, contract, field, value, reason):
+    headers = HEADER.split(",")
+    values = GOOD.split(",")
+    values[0], values[headers.index(field)] = "2", value
+    _, good, bad = clean(tmp_path, "r.csv", f"{HEADER}\n{GOOD}\n{','.join(values)}\n", contract)
+    assert len(good) == 1 and len(bad) == 1
+    assert bad[0]["reject_reason"] == reason
+    assert bad[0]["source_line"] == 3
+
+
+def test_every_failed_rule_is_reported(tmp_path, contract):
+    values = GOOD.split(",")
+    values[1], values[8] = "", "-3"  # no order id, negative sales
+    _, _, bad = clean(tmp_path, "m.csv", f"{HEADER}\n{','.join(values)}\n", contract)
+    assert bad[0]["reject_reason"] == "missing order_id; sales is negative"
+
+
+def test_wrong_field_count_keeps_raw_text(tmp_path, contract):
+    too_many, too_few = GOOD + ",extra", ",".join(GOOD.split(",")[:-2])
+    _, good, bad = clean(tmp_path, "w.csv", f"{HEADER}\n{too_many}\n{too_few}\n{GOOD.replace('1,', '2,', 1)}\n", contract)
+    assert len(good) == 1
+    assert [b["raw_record"] for b in bad] == [too_many, too_few]
+    assert bad[0]["reject_reason"] == "wrong number of fields: expected 12, found 13"
+    assert [b["source_line"] for b in bad] == [2, 3]
+
+
+def test_quoted_multiline_field_counts_from_its_first_line(tmp_path, contract):
+    multiline = GOOD.replace("Ana Díaz", '"Ana\nDíaz"')
+    second = "2" + GOOD[1:]
+    _, good, bad = clean(tmp_path, "q.csv", f"{HEADER}\n{multiline}\n{second}\n", contract)
+    assert bad == []
+    assert [g["source_line"] for g in good] == [2, 4]
+    assert good[0]["customer_name"] == "Ana\nDíaz"
+
+
+def test_duplicate_line_key_is_quarantined(tmp_path, contract):
+    _, good, bad = clean(tmp_path, "d.csv", f"{HEADER}\n{GOOD}\n{GOOD}\n", contract)
+    assert len(good) == 1
+    assert bad[0]["reject_reason"] == "duplicate line key 1 (first seen at line 2)"
+
+
+def test_line_key_without_row_id_is_order_and_position(tmp_path, contract):
+    header = HEADER.replace("Row ID,", "")
+    line = GOOD.split(",", 1)[1]
+    _, good, _ = clean(tmp_path, "k.csv", f"{header}\n{line}\n{line}\n", contract)
+    assert [g["line_key"] for g in good] == ["ES-1-1", "ES-1-2"]
+
+
+def test_semicolon_file_and_extra_columns_are_kept(tmp_path, contract):
+    text = f"{HEADER};Vendedor\n".replace(",", ";") + GOOD.replace(",", ";") + ";Luis\n"
+    fmt, good, _ = clean(tmp_path, "s.csv", text, contract)
+    assert fmt.delimiter == ";"
+    assert fmt.extra_columns == ["Vendedor"]
+    assert good[0]["extra_attributes"] == '{"Vendedor": "Luis"}'
+
+
+def test_missing_required_column_fails_clearly(tmp_path, contract):
+    with pytest.raises(silver.InputFileError, match=r"required column\(s\) \['sales'\]"):
+        clean(tmp_path, "n.csv", HEADER.replace("Sales,", "") + "\n", contract)
+
+
+def test_empty_file_fails_clearly(tmp_path, contract):
+    with pytest.raises(silver.InputFileError, match="empty"):
+        clean(tmp_path, "e.csv", "", contract)
+
+
+def test_json_array_and_lines_give_the_same_rows(tmp_path, contract):
+    record = ('{"ID Fila": 7, "ID Pedido": "MX-9", "Fecha Pedido": "2024-05-01", '
+              '"cliente": {"id": "CL-9", "nombre": "Raúl"}, "ID Cliente": "CL-9", '
+              '"ID Producto": "P-9", "Ventas": 957.5775, "Cantidad": 2, "Descuento": 0.15}')
+    _, as_array, _ = clean(tmp_path, "a.json", f"[{record}]", contract)
+    _, as_lines, _ = clean(tmp_path, "a.jsonl", f"{record}\n\n{record.replace(': 7', ': 8')}\n", contract)
+    assert as_array[0]["sales"] == as_lines[0]["sales"] == Decimal("957.5775")
+    assert {k: v for k, v in as_array[0].items() if k not in {"source_object"}} == {
+        k: v for k, v in as_lines[0].items() if k not in {"source_object"}
+    }
+    assert len(as_lines) == 2
+    assert "cliente_nombre" in as_array[0]["extra_attributes"]
+
+
+def test_invalid_json_line_is_quarantined(tmp_path, contract):
+    record = '{"ID Pedido": "MX-9", "Fecha Pedido": "2024-05-01", "ID Cliente": "C", "ID Producto": "P", "Ventas": 1, "Cantidad": 1}'
+    _, good, bad = clean(tmp_path, "b.jsonl", f"{record}\n{{oops\n", contract)
+    assert len(good) == 1
+    assert bad[0]["reject_reason"].startswith("invalid JSON")
+    assert bad[0]["raw_record"] == "{oops"
+
+
+def test_clean_file_through_s3_conserves_every_line(tmp_path, contract, s3, params):
+    rows = [GOOD] + [GOOD.replace("1,ES-1", f"{i},ES-{i}", 1) for i in range(2, 6)]
+    rows[2] = rows[2].replace("CL-1", "")
+    path = tmp_path / "ventas.csv"
+    path.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    delivery = bronze.ingest_file(s3, params["bronze_bucket"], path)
+    report = silver.clean_file(s3, params["bronze_bucket"], delivery.key,
+                               params["silver_bucket"], "test-run", contract, batch_size=2)
+    assert (report.lines_in, report.rows_out, report.quarantined) == (5, 4, 1)
+    silver_rows = storage.read_parquet(s3, params["silver_bucket"], report.silver_key)
+    quarantine = storage.read_parquet(s3, params["silver_bucket"], report.quarantine_key)
+    assert silver_rows.num_rows == 4
+    assert quarantine.column("reject_reason").to_pylist() == ["missing customer_id"]
+    assert quarantine.column("source_line").to_pylist() == [4]
