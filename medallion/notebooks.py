@@ -20,8 +20,9 @@ CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 def refresh(name: str) -> None:
     path = NOTEBOOKS_DIR / f"{name}.ipynb"
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, kernel_name="python3", timeout=600,
-                   resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}).execute()
+    NotebookClient(
+        nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}
+    ).execute()
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue

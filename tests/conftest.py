@@ -27,8 +27,13 @@ def _uri(conn: Connection) -> str:
 
 
 def _fresh_database(conn: Connection) -> Connection:
-    admin = psycopg2.connect(host=conn.host, port=conn.port, user=conn.login,
-                             password=conn.password, dbname=conn.schema or "postgres")
+    admin = psycopg2.connect(
+        host=conn.host,
+        port=conn.port,
+        user=conn.login,
+        password=conn.password,
+        dbname=conn.schema or "postgres",
+    )
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'drop database if exists "{TEST_DATABASE}" with (force)')

@@ -47,5 +47,10 @@ def test_silver_schema_types(contract):
 
 def test_required_columns(contract):
     assert set(contract.required) == {
-        "order_id", "order_date", "customer_id", "product_id", "quantity", "sales"
+        "order_id",
+        "order_date",
+        "customer_id",
+        "product_id",
+        "quantity",
+        "sales",
     }

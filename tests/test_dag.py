@@ -32,8 +32,13 @@ def dag_info():
     import json
 
     env = airflow_env(dict(os.environ, AIRFLOW_HOME=str(AIRFLOW_HOME)))
-    out = subprocess.run([sys.executable, "-c", CHECK.format(dags=PROJECT_ROOT / "dags")],
-                         env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK.format(dags=PROJECT_ROOT / "dags")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -49,8 +54,14 @@ def test_dag_has_tags_doc_and_retries(dag_info):
 
 
 def test_notebooks_run_in_order_then_merge(dag_info):
-    assert dag_info["order"] == ["prepare_run", "01_bronze_ingest", "02_silver_clean",
-                                 "03_gold_model", "04_load_postgres", "merge_staging"]
+    assert dag_info["order"] == [
+        "prepare_run",
+        "01_bronze_ingest",
+        "02_silver_clean",
+        "03_gold_model",
+        "04_load_postgres",
+        "merge_staging",
+    ]
     assert {dag_info["types"][t] for t in dag_info["order"][1:5]} == {"PapermillOperator"}
     assert dag_info["types"]["merge_staging"] == "SQLExecuteQueryOperator"
 

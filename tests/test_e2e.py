@@ -27,7 +27,11 @@ def run_pipeline(*args: str) -> str:
     """`python -m medallion.cli run` as `make run` calls it; returns the run id it printed."""
     proc = subprocess.run(
         [sys.executable, "-m", "medallion.cli", "run", *args],
-        cwd=PROJECT_ROOT, env=os.environ, capture_output=True, text=True, timeout=900,
+        cwd=PROJECT_ROOT,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return re.search(r"^run_id:\s+(\S+)", proc.stdout, re.M).group(1)
@@ -38,10 +42,15 @@ def snapshot(db) -> dict[str, tuple[int, str]]:
     out = {}
     with db.connect() as conn:
         for table, key in TABLES.items():
-            out[table] = tuple(conn.execute(text(
-                f"select count(*), md5(coalesce(string_agg(t::text, '|' order by {key}), '')) "  # noqa: S608
-                f"from {table} as t"
-            )).one())
+            out[table] = tuple(
+                conn.execute(
+                    text(
+                        "select count(*), "
+                        f"md5(coalesce(string_agg(t::text, '|' order by {key}), '')) "
+                        f"from {table} as t"
+                    )
+                ).one()
+            )
     return out
 
 
@@ -78,10 +87,15 @@ def test_staging_holds_one_fact_row_per_valid_line(first_run, expected, db):
     assert counts["staging.dim_cliente"][0] == expected["customers"] + 1
     assert counts["staging.dim_inventario"][0] == expected["products"] + 1
     with db.connect() as conn:
-        total = conn.execute(text("select sum(sales) from staging.fact_operaciones_ventas")).scalar()
-        orphans = conn.execute(text(
-            "select count(*) from staging.fact_operaciones_ventas "
-            "where cliente_key = -1 or inventario_key = -1")).scalar()
+        total = conn.execute(
+            text("select sum(sales) from staging.fact_operaciones_ventas")
+        ).scalar()
+        orphans = conn.execute(
+            text(
+                "select count(*) from staging.fact_operaciones_ventas "
+                "where cliente_key = -1 or inventario_key = -1"
+            )
+        ).scalar()
     assert total == expected["sales"]  # exact decimals: sums reconcile with the source
     assert orphans == 0
 
@@ -89,9 +103,13 @@ def test_staging_holds_one_fact_row_per_valid_line(first_run, expected, db):
 def test_run_log_accounts_for_every_line(first_run, expected, db):
     run_id, _ = first_run
     with db.connect() as conn:
-        lines_in, rows_out, quarantined = conn.execute(text(
-            "select sum(lines_in), sum(rows_out), sum(rows_quarantined) from audit.run_log "
-            "where run_id = :r and step = 'silver'"), {"r": run_id}).one()
+        lines_in, rows_out, quarantined = conn.execute(
+            text(
+                "select sum(lines_in), sum(rows_out), sum(rows_quarantined) from audit.run_log "
+                "where run_id = :r and step = 'silver'"
+            ),
+            {"r": run_id},
+        ).one()
     assert lines_in == expected["lines"]
     assert (rows_out, quarantined) == (expected["valid"], expected["quarantined"])
 
@@ -112,9 +130,10 @@ def test_second_run_changes_nothing(first_run, db):
     run_id = run_pipeline()
     assert snapshot(db) == before
     with db.connect() as conn:
-        changes = conn.execute(text(
-            "select source, details from audit.run_log where run_id = :r and step = 'merge'"),
-            {"r": run_id}).all()
+        changes = conn.execute(
+            text("select source, details from audit.run_log where run_id = :r and step = 'merge'"),
+            {"r": run_id},
+        ).all()
     assert len(changes) == 3
     assert all(d == {"inserted": 0, "updated": 0} for _, d in changes), changes
 
@@ -123,8 +142,12 @@ def test_executed_notebooks_are_kept_without_secrets(first_run, secrets_in_use):
     run_id, _ = first_run
     folder = OUTPUTS_DIR / run_slug(run_id)
     notebooks = sorted(p.name for p in folder.glob("*.ipynb"))
-    assert notebooks == ["01_bronze_ingest.ipynb", "02_silver_clean.ipynb",
-                         "03_gold_model.ipynb", "04_load_postgres.ipynb"]
+    assert notebooks == [
+        "01_bronze_ingest.ipynb",
+        "02_silver_clean.ipynb",
+        "03_gold_model.ipynb",
+        "04_load_postgres.ipynb",
+    ]
     assert secrets_in_use, "the tests must know the passwords they use"
     for path in OUTPUTS_DIR.rglob("*.ipynb"):
         content = path.read_text()

@@ -13,7 +13,8 @@ def test_committed_sample_is_reproducible(tmp_path):
     for path in committed.iterdir():
         assert (out / path.name).read_bytes() == path.read_bytes(), path.name
     assert (tmp_path / "sample.expected.json").read_text() == (
-        PROJECT_ROOT / "data" / "sample.expected.json").read_text()
+        PROJECT_ROOT / "data" / "sample.expected.json"
+    ).read_text()
 
 
 def test_sample_has_bad_lines_of_each_rule():

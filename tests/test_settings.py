@@ -8,13 +8,24 @@ from medallion.settings import Connection, ConnectionNotFound, get_connection, r
 def test_uri_connection_is_parsed_like_airflow():
     conn = Connection.from_uri("pg", "postgresql://user:p%40ss@127.0.0.1:5433/ventas")
     assert (conn.conn_type, conn.host, conn.port, conn.login, conn.password, conn.schema) == (
-        "postgres", "127.0.0.1", 5433, "user", "p@ss", "ventas"
+        "postgres",
+        "127.0.0.1",
+        5433,
+        "user",
+        "p@ss",
+        "ventas",
     )
 
 
 def test_json_connection_keeps_extra():
-    text = json.dumps({"conn_type": "aws", "login": "k", "password": "s",
-                       "extra": {"endpoint_url": "http://127.0.0.1:9000"}})
+    text = json.dumps(
+        {
+            "conn_type": "aws",
+            "login": "k",
+            "password": "s",
+            "extra": {"endpoint_url": "http://127.0.0.1:9000"},
+        }
+    )
     conn = Connection.from_json("minio", text)
     assert conn.extra["endpoint_url"] == "http://127.0.0.1:9000"
     assert conn.password == "s"

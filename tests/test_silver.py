@@ -8,8 +8,10 @@ import pytest
 from medallion import bronze, silver, storage
 from medallion.contract import load_contract
 
-HEADER = ("Row ID,Order ID,Order Date,Ship Date,Customer ID,Customer Name,Postal Code,"
-          "Product ID,Sales,Quantity,Discount,Profit")
+HEADER = (
+    "Row ID,Order ID,Order Date,Ship Date,Customer ID,Customer Name,Postal Code,"
+    "Product ID,Sales,Quantity,Discount,Profit"
+)
 GOOD = "1,ES-1,2024-03-01,2024-03-04,CL-1,Ana Díaz,08001,P-1,957.5775,3,0.2,-383.031"
 
 
@@ -85,7 +87,12 @@ def test_every_failed_rule_is_reported(tmp_path, contract):
 
 def test_wrong_field_count_keeps_raw_text(tmp_path, contract):
     too_many, too_few = GOOD + ",extra", ",".join(GOOD.split(",")[:-2])
-    _, good, bad = clean(tmp_path, "w.csv", f"{HEADER}\n{too_many}\n{too_few}\n{GOOD.replace('1,', '2,', 1)}\n", contract)
+    _, good, bad = clean(
+        tmp_path,
+        "w.csv",
+        f"{HEADER}\n{too_many}\n{too_few}\n{GOOD.replace('1,', '2,', 1)}\n",
+        contract,
+    )
     assert len(good) == 1
     assert [b["raw_record"] for b in bad] == [too_many, too_few]
     assert bad[0]["reject_reason"] == "wrong number of fields: expected 12, found 13"
@@ -133,11 +140,15 @@ def test_empty_file_fails_clearly(tmp_path, contract):
 
 
 def test_json_array_and_lines_give_the_same_rows(tmp_path, contract):
-    record = ('{"ID Fila": 7, "ID Pedido": "MX-9", "Fecha Pedido": "2024-05-01", '
-              '"cliente": {"id": "CL-9", "nombre": "Raúl"}, "ID Cliente": "CL-9", '
-              '"ID Producto": "P-9", "Ventas": 957.5775, "Cantidad": 2, "Descuento": 0.15}')
+    record = (
+        '{"ID Fila": 7, "ID Pedido": "MX-9", "Fecha Pedido": "2024-05-01", '
+        '"cliente": {"id": "CL-9", "nombre": "Raúl"}, "ID Cliente": "CL-9", '
+        '"ID Producto": "P-9", "Ventas": 957.5775, "Cantidad": 2, "Descuento": 0.15}'
+    )
     _, as_array, _ = clean(tmp_path, "a.json", f"[{record}]", contract)
-    _, as_lines, _ = clean(tmp_path, "a.jsonl", f"{record}\n\n{record.replace(': 7', ': 8')}\n", contract)
+    _, as_lines, _ = clean(
+        tmp_path, "a.jsonl", f"{record}\n\n{record.replace(': 7', ': 8')}\n", contract
+    )
     assert as_array[0]["sales"] == as_lines[0]["sales"] == Decimal("957.5775")
     assert {k: v for k, v in as_array[0].items() if k not in {"source_object"}} == {
         k: v for k, v in as_lines[0].items() if k not in {"source_object"}
@@ -147,7 +158,10 @@ def test_json_array_and_lines_give_the_same_rows(tmp_path, contract):
 
 
 def test_invalid_json_line_is_quarantined(tmp_path, contract):
-    record = '{"ID Pedido": "MX-9", "Fecha Pedido": "2024-05-01", "ID Cliente": "C", "ID Producto": "P", "Ventas": 1, "Cantidad": 1}'
+    record = (
+        '{"ID Pedido": "MX-9", "Fecha Pedido": "2024-05-01", "ID Cliente": "C", '
+        '"ID Producto": "P", "Ventas": 1, "Cantidad": 1}'
+    )
     _, good, bad = clean(tmp_path, "b.jsonl", f"{record}\n{{oops\n", contract)
     assert len(good) == 1
     assert bad[0]["reject_reason"].startswith("invalid JSON")
@@ -160,8 +174,15 @@ def test_clean_file_through_s3_conserves_every_line(tmp_path, contract, s3, para
     path = tmp_path / "ventas.csv"
     path.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
     delivery = bronze.ingest_file(s3, params["bronze_bucket"], path)
-    report = silver.clean_file(s3, params["bronze_bucket"], delivery.key,
-                               params["silver_bucket"], "test-run", contract, batch_size=2)
+    report = silver.clean_file(
+        s3,
+        params["bronze_bucket"],
+        delivery.key,
+        params["silver_bucket"],
+        "test-run",
+        contract,
+        batch_size=2,
+    )
     assert (report.lines_in, report.rows_out, report.quarantined) == (5, 4, 1)
     silver_rows = storage.read_parquet(s3, params["silver_bucket"], report.silver_key)
     quarantine = storage.read_parquet(s3, params["silver_bucket"], report.quarantine_key)
