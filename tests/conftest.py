@@ -10,6 +10,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
+from pathlib import Path
+
+# Executed notebooks of test runs go to .local/, not to the user's outputs/ (set before the
+# medallion modules read it).
+os.environ.setdefault(
+    "MEDALLION_OUTPUTS_DIR", str(Path(__file__).resolve().parents[1] / ".local" / "test-outputs")
+)
 from urllib.parse import quote
 
 import psycopg2
