@@ -41,7 +41,8 @@ bootstrap: $(STAMP) ## Create the buckets and apply sql/ (idempotent)
 	$(PY) -m medallion.cli bootstrap --params-env $(PARAMS_ENV)
 
 lab: $(STAMP) ## Open JupyterLab on notebooks/ against the same services
-	eval "$$($(PY) -m medallion.cli env)" && $(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir notebooks
+	eval "$$($(PY) -m medallion.cli env)" && $(BIN)/jupyter lab --ip 127.0.0.1 --no-browser \
+		--notebook-dir notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(STAMP) ## Run all tests (notebooks with nbval, DAG, end to end) against real services
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env
