@@ -10,8 +10,8 @@ from pathlib import Path
 from minio import Minio
 
 from medallion import storage
+from medallion.parsing import SUPPORTED, logical_suffix
 
-SUPPORTED_SUFFIXES = {".csv", ".tsv", ".txt", ".json", ".jsonl", ".ndjson"}
 PREFIX = "ventas"
 
 
@@ -33,11 +33,11 @@ def list_input_files(input_path: Path) -> list[Path]:
     files = sorted(
         p
         for p in input_path.rglob("*")
-        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith(".")
+        if p.is_file() and logical_suffix(p) in SUPPORTED and not p.name.startswith(".")
     )
     if not files:
         raise FileNotFoundError(
-            f"No CSV or JSON files in {input_path} (looked for {sorted(SUPPORTED_SUFFIXES)})"
+            f"No CSV or JSON files in {input_path} (looked for {sorted(SUPPORTED)}, also .gz)"
         )
     return files
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -40,10 +40,29 @@ def normalize_header(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")
 
 
+SEVERITIES = ("warn", "drop", "fail")
+STRUCTURAL_RULES = ("wrong_field_count", "invalid_json")
+
+
+@dataclass(frozen=True)
+class Parsing:
+    encodings: tuple[str, ...] = ("utf-8", "cp1252", "latin-1")
+    delimiters: tuple[str, ...] = (",", ";", "\t", "|")
+    day_first: bool = True
+    decimal_separator: str = "."
+
+
 @dataclass(frozen=True)
 class Contract:
     columns: dict[str, Column]
-    date_format_fallback: str = "%d/%m/%Y"
+    rules: dict[str, str] = field(default_factory=dict)  # rule -> severity
+    parsing: Parsing = field(default_factory=Parsing)
+    max_reject_share: float = 0.25
+    source_id: str | None = "row_id"
+
+    def severity(self, rule: str) -> str:
+        severity = self.rules.get(rule, "drop")
+        return "drop" if rule in STRUCTURAL_RULES and severity == "warn" else severity
 
     @cached_property
     def synonyms(self) -> dict[str, str]:
@@ -69,6 +88,7 @@ class Contract:
                 pa.field("line_key", pa.string(), nullable=False),
                 *fields,
                 pa.field("extra_attributes", pa.string()),
+                pa.field("dq_warnings", pa.string()),
                 pa.field("source_object", pa.string(), nullable=False),
                 pa.field("source_line", pa.int64(), nullable=False),
                 pa.field("run_id", pa.string(), nullable=False),
@@ -102,6 +122,20 @@ def load_contract(path: str | Path | None = None) -> Contract:
         )
         for name, attrs in spec["columns"].items()
     }
+    rules = dict(spec.get("rules") or {})
+    unknown = {r: s for r, s in rules.items() if s not in SEVERITIES}
+    if unknown:
+        raise ValueError(f"{path}: rule severities must be one of {SEVERITIES}: {unknown}")
+    parsing = spec.get("parsing") or {}
     return Contract(
-        columns=columns, date_format_fallback=spec.get("date_format_fallback", "%d/%m/%Y")
+        columns=columns,
+        rules=rules,
+        parsing=Parsing(
+            encodings=tuple(parsing.get("encodings", Parsing.encodings)),
+            delimiters=tuple(parsing.get("delimiters", Parsing.delimiters)),
+            day_first=bool(parsing.get("day_first", True)),
+            decimal_separator=str(parsing.get("decimal_separator", ".")),
+        ),
+        max_reject_share=float(spec.get("max_reject_share", 0.25)),
+        source_id=(spec.get("line_key") or {}).get("source_id", "row_id"),
     )

@@ -144,6 +144,7 @@ def log_step(
     lines_in: int | None = None,
     rows_out: int | None = None,
     rows_quarantined: int | None = None,
+    rows_duplicate: int | None = None,
     status: str = "success",
     started_at: datetime | None = None,
     details: dict[str, Any] | None = None,
@@ -154,12 +155,14 @@ def log_step(
             text(
                 """
                 insert into audit.run_log as r (run_id, step, source, lines_in, rows_out,
-                    rows_quarantined, status, started_at, finished_at, details)
+                    rows_quarantined, rows_duplicate, status, started_at, finished_at, details)
                 values (:run_id, :step, :source, :lines_in, :rows_out, :rows_quarantined,
-                    :status, coalesce(:started_at, now()), now(), cast(:details as jsonb))
+                    :rows_duplicate, :status, coalesce(:started_at, now()), now(),
+                    cast(:details as jsonb))
                 on conflict (run_id, step, source) do update set
                     lines_in = excluded.lines_in, rows_out = excluded.rows_out,
-                    rows_quarantined = excluded.rows_quarantined, status = excluded.status,
+                    rows_quarantined = excluded.rows_quarantined,
+                    rows_duplicate = excluded.rows_duplicate, status = excluded.status,
                     started_at = excluded.started_at, finished_at = excluded.finished_at,
                     details = excluded.details
                 """

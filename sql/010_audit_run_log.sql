@@ -13,3 +13,7 @@ create table if not exists audit.run_log (
     details          jsonb       not null default '{}'::jsonb,
     primary key (run_id, step, source)
 );
+
+-- Added with the data contract: exact duplicate lines dropped (lines_in = rows_out +
+-- rows_quarantined + rows_duplicate for every file).
+alter table audit.run_log add column if not exists rows_duplicate bigint;

@@ -1,5 +1,6 @@
 """Bronze -> silver rules on small files, and one file through the real S3 server."""
 
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,24 +18,16 @@ GOOD = "1,ES-1,2024-03-01,2024-03-04,CL-1,Ana Díaz,08001,P-1,957.5775,3,0.2,-38
 
 @pytest.fixture(scope="module")
 def contract():
-    return load_contract()
+    """The committed contract, without the reject threshold (these files are tiny)."""
+    return replace(load_contract(), max_reject_share=1.0)
 
 
-def clean(tmp_path: Path, name: str, text: str, contract):
+def clean(tmp_path: Path, name: str, text: str | bytes, contract):
+    """Run the silver step on a local file; returns (format, silver rows, quarantined rows)."""
     path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    fmt, chunks = silver.read_chunks(path, contract, name, batch_size=2)
-    keys = silver.LineKeys()
-    good, bad = [], []
-    for chunk in chunks:
-        if "blank" in chunk:
-            chunk = chunk[~chunk["blank"].fillna(False).astype(bool)].drop(columns="blank")
-        chunk = chunk.assign(source_object=name, run_id="t")
-        chunk, reasons = silver.apply_rules(chunk, contract, keys)
-        rejected = reasons != ""
-        good += silver.to_silver_table(chunk[~rejected], contract).to_pylist()
-        bad += silver.to_quarantine_table(chunk[rejected], reasons[rejected], contract).to_pylist()
-    return fmt, good, bad
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    report, good, bad = silver.clean_local(path, contract, run_id="t", batch_size=2)
+    return report.format, good.to_pylist(), bad.to_pylist()
 
 
 def test_valid_line_is_typed_exactly(tmp_path, contract):
@@ -108,16 +101,26 @@ def test_quoted_multiline_field_counts_from_its_first_line(tmp_path, contract):
     assert good[0]["customer_name"] == "Ana\nDíaz"
 
 
-def test_duplicate_line_key_is_quarantined(tmp_path, contract):
-    _, good, bad = clean(tmp_path, "d.csv", f"{HEADER}\n{GOOD}\n{GOOD}\n", contract)
-    assert len(good) == 1
-    assert bad[0]["reject_reason"] == "duplicate line key 1 (first seen at line 2)"
+def test_exact_duplicate_lines_are_dropped_and_counted(tmp_path, contract):
+    path = tmp_path / "d.csv"
+    path.write_text(f"{HEADER}\n{GOOD}\n{GOOD}\n{GOOD}\n")
+    report, good, bad = silver.clean_local(path, contract, batch_size=2)
+    assert (report.lines_in, report.rows_out, report.quarantined, report.duplicates) == (3, 1, 0, 2)
+
+
+def test_same_key_different_content_is_a_conflict_and_both_go_on(tmp_path, contract):
+    path = tmp_path / "c.csv"
+    path.write_text(f"{HEADER}\n{GOOD}\n{GOOD.replace(',3,', ',4,')}\n")
+    report, good, _ = silver.clean_local(path, contract)
+    assert report.conflicts == 1
+    assert good.column("quantity").to_pylist() == [3, 4]  # the later line wins at the merge
 
 
 def test_line_key_without_row_id_is_order_and_position(tmp_path, contract):
     header = HEADER.replace("Row ID,", "")
     line = GOOD.split(",", 1)[1]
-    _, good, _ = clean(tmp_path, "k.csv", f"{header}\n{line}\n{line}\n", contract)
+    second = line.replace(",3,", ",5,")  # the same product twice in one order: two lines
+    _, good, _ = clean(tmp_path, "k.csv", f"{header}\n{line}\n{second}\n", contract)
     assert [g["line_key"] for g in good] == ["ES-1-1", "ES-1-2"]
 
 
@@ -166,6 +169,40 @@ def test_invalid_json_line_is_quarantined(tmp_path, contract):
     assert len(good) == 1
     assert bad[0]["reject_reason"].startswith("invalid JSON")
     assert bad[0]["raw_record"] == "{oops"
+
+
+def test_warn_rule_keeps_the_row_and_flags_it(tmp_path, contract):
+    line = GOOD.replace("957.5775", "10").replace("-383.031", "12")  # profit above sales
+    _, good, bad = clean(tmp_path, "w.csv", f"{HEADER}\n{line}\n", contract)
+    assert bad == []
+    assert good[0]["dq_warnings"] == "profit above sales"
+
+
+def test_too_many_rejects_fail_the_file_with_counts(tmp_path):
+    bad = GOOD.replace("CL-1", "")
+    lines = [GOOD] + [bad.replace("1,ES-1", f"{i},ES-{i}", 1) for i in range(2, 5)]
+    path = tmp_path / "many.csv"
+    path.write_text(HEADER + "\n" + "\n".join(lines) + "\n")
+    with pytest.raises(
+        silver.FileRejected,
+        match=r"3 of 4 lines \(75%\).*max_reject_share of 25%"
+        r".*missing_required: 3 lines \(first at line 3\)",
+    ):
+        silver.clean_local(path, load_contract())
+
+
+def test_a_fail_rule_stops_the_file_naming_rule_and_line(tmp_path):
+    strict = replace(load_contract(), rules={**load_contract().rules, "sales_negative": "fail"})
+    path = tmp_path / "neg.csv"
+    path.write_text(
+        f"{HEADER}\n{GOOD}\n{GOOD.replace('1,ES-1', '2,ES-2', 1).replace('957.5775', '-1')}\n"
+    )
+    with pytest.raises(
+        silver.FileRejected,
+        match=r"rule 'sales_negative' .*failed on 1 of 2 "
+        r"lines, first at line 3",
+    ):
+        silver.clean_local(path, strict)
 
 
 def test_clean_file_through_s3_conserves_every_line(tmp_path, contract, s3, params):

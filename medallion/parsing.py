@@ -1,0 +1,543 @@
+"""Reading delivered files as they come: detect compression, encoding, delimiter, JSON shape,
+decimal separator and date format per file, report what was detected, and hand the records on
+chunk by chunk as text, with each record's line number and raw text.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+from medallion.contract import Contract
+
+csv.field_size_limit(256 * 1024 * 1024)  # a 1 MB description is data, not an error
+
+GZIP_MAGIC = b"\x1f\x8b"
+_BLOCK = 1 << 20
+
+
+class InputFileError(ValueError):
+    """A delivered file that cannot be read as sales lines; the message says why, for a person."""
+
+
+@dataclass
+class SourceFormat:
+    """What was detected about a file; shown in the silver notebook and kept in the run log."""
+
+    kind: str = "csv"  # csv | json | jsonl
+    compression: str | None = None
+    encoding: str = "utf-8"
+    delimiter: str | None = None
+    headers: list[str] = field(default_factory=list)
+    mapping: dict[str, str] = field(default_factory=dict)  # source header -> canonical column
+    extra_columns: list[str] = field(default_factory=list)
+    decimal_separator: str | None = None
+    thousands_separator: str | None = None
+    date_format: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "format": self.kind + (f"+{self.compression}" if self.compression else ""),
+            "encoding": self.encoding,
+            "delimiter": {"\t": "tab"}.get(self.delimiter, self.delimiter),
+            "decimal": self.decimal_separator,
+            "thousands": self.thousands_separator,
+            "dates": self.date_format,
+            "extra_columns": ", ".join(self.extra_columns),
+            "notes": "; ".join(self.notes),
+        }
+
+
+# --------------------------------------------------------------------------- bytes and text
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    """The file's bytes, decompressed when it is gzip (detected by content, not by name)."""
+    with path.open("rb") as fh:
+        magic = fh.read(2)
+    return gzip.open(path, "rb") if magic == GZIP_MAGIC else path.open("rb")
+
+
+def logical_suffix(path: Path) -> str:
+    """'.csv' for ventas.csv and ventas.csv.gz."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
+
+
+def detect_encoding(path: Path, candidates: tuple[str, ...], source: str) -> str:
+    """UTF-8 (BOM or not) when every byte of the file is valid UTF-8; otherwise the contract's
+    fallback encodings, ranked by charset-normalizer on the first megabyte."""
+    with open_binary(path) as fh:
+        head = fh.read(_BLOCK)
+        if not head.strip(b" \t\r\n\x00"):
+            raise InputFileError(f"{source}: the file is empty.")
+        if b"\x00" in head[:8192]:
+            raise InputFileError(
+                f"{source}: the file is binary (it contains NUL bytes), not CSV or JSON text."
+            )
+        if head.startswith(codecs.BOM_UTF8):
+            return "utf-8-sig"
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:
+            block = head
+            while block:
+                decoder.decode(block)
+                block = fh.read(_BLOCK)
+            decoder.decode(b"", final=True)
+            return "utf-8"
+        except UnicodeDecodeError:
+            pass
+    from charset_normalizer import from_bytes
+
+    fallbacks = [codecs.lookup(c).name for c in candidates if codecs.lookup(c).name != "utf-8"]
+    best = from_bytes(head, cp_isolation=fallbacks).best() if fallbacks else None
+    encoding = codecs.lookup(best.encoding).name if best else (fallbacks or ["latin-1"])[-1]
+    try:  # the whole file must decode, not just its first megabyte
+        with open_binary(path) as fh:
+            decoder = codecs.getincrementaldecoder(encoding)()
+            while block := fh.read(_BLOCK):
+                decoder.decode(block)
+    except UnicodeDecodeError:
+        encoding = "latin-1"  # decodes any byte; the rules catch what makes no sense
+    return encoding
+
+
+def open_text(path: Path, encoding: str) -> io.TextIOWrapper:
+    return io.TextIOWrapper(open_binary(path), encoding=encoding, newline="")
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def map_headers(fmt: SourceFormat, headers: list[str], contract: Contract, source: str) -> None:
+    """Map the file's headers onto the contract; unknown headers are kept as extra columns."""
+    fmt.headers = headers
+    seen: dict[str, str] = {}
+    for header in headers:
+        canonical = contract.canonical(header)
+        if canonical is None:
+            fmt.extra_columns.append(header)
+            continue
+        if canonical in seen:
+            raise InputFileError(
+                f"{source}: columns '{seen[canonical]}' and '{header}' both mean '{canonical}'; "
+                "a file must have each column once."
+            )
+        seen[canonical] = header
+        fmt.mapping[header] = canonical
+    missing = [c for c in contract.required if c not in seen]
+    if missing:
+        raise InputFileError(
+            f"{source}: required column(s) {missing} not found among the headers {headers[:30]}; "
+            "add the source's spelling to the synonyms in params/contract.yaml."
+        )
+
+
+def detect_delimiter(header_line: str, contract: Contract) -> str:
+    """The delimiter that splits the header into the most contract columns (then the most
+    columns). A decimal comma in the data cannot fool it: headers have no numbers."""
+    best, best_score = ",", (-1, -1)
+    for delimiter in (d.encode().decode("unicode_escape") for d in contract.parsing.delimiters):
+        fields = next(csv.reader([header_line], delimiter=delimiter), [])
+        score = (sum(contract.canonical(f) is not None for f in fields), len(fields))
+        if score > best_score:
+            best, best_score = delimiter, score
+    if best_score[0] <= 0:
+        try:
+            return csv.Sniffer().sniff(header_line, delimiters=",;\t|").delimiter
+        except csv.Error:
+            return ","
+    return best
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+class _LineTap:
+    """Feeds lines to csv.reader and remembers them, so a record's raw text can be kept."""
+
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+        self.taken: list[str] = []
+
+    def __iter__(self) -> _LineTap:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._stream)
+        self.taken.append(line)
+        return line
+
+    def take(self) -> list[str]:
+        lines, self.taken = self.taken, []
+        return lines
+
+
+def _raw(lines: list[str]) -> str:
+    return "".join(lines).rstrip("\r\n")
+
+
+def read_csv(
+    path: Path, fmt: SourceFormat, contract: Contract, source: str, batch_size: int
+) -> Iterator[pd.DataFrame]:
+    stream = open_text(path, fmt.encoding)
+    tap = _LineTap(stream)
+    try:
+        header_lines: list[str] = []
+        for line in tap:
+            if line.strip():
+                header_lines = [line]
+                break
+        if not header_lines:
+            raise InputFileError(f"{source}: the file is empty.")
+        fmt.delimiter = detect_delimiter(header_lines[0], contract)
+        header = next(csv.reader(header_lines, delimiter=fmt.delimiter))
+        map_headers(fmt, [h.strip() for h in header], contract, source)
+    except Exception:
+        stream.close()
+        raise
+    first_data_line = len(tap.take()) + 1  # blank lines above the header count too
+    return _csv_records(stream, tap, fmt, contract, source, batch_size, first_data_line)
+
+
+def _csv_records(
+    stream: IO[str],
+    tap: _LineTap,
+    fmt: SourceFormat,
+    contract: Contract,
+    source: str,
+    batch_size: int,
+    line_no: int,
+) -> Iterator[pd.DataFrame]:
+    width = len(fmt.headers)
+    positions = {c: fmt.headers.index(h) for h, c in fmt.mapping.items()}
+    extra = {h: i for i, h in enumerate(fmt.headers) if h in fmt.extra_columns}
+    reader = csv.reader(tap, delimiter=fmt.delimiter)
+    rows: list[dict[str, Any]] = []
+
+    def record(start: int, fields: list[str] | None, lines: list[str], error: str | None):
+        if fields == [] and not error:
+            rows.append({"source_line": start, "blank": True})
+        elif error or fields is None or len(fields) != width:
+            error = error or f"wrong number of fields: expected {width}, found {len(fields)}"
+            rows.append({"source_line": start, "raw_record": _raw(lines), "parse_error": error})
+        else:
+            row = {c: fields[i] for c, i in positions.items()}
+            if extra:
+                row["extra_attributes"] = json.dumps(
+                    {h: fields[i] for h, i in extra.items()}, ensure_ascii=False
+                )
+            row.update(source_line=start, raw_record=_raw(lines))
+            rows.append(row)
+
+    try:
+        while True:
+            try:
+                fields, error = next(reader), None
+            except StopIteration:
+                break
+            except csv.Error as err:
+                fields, error = None, f"unreadable line: {err}"
+            lines = tap.take()
+            if len(lines) > 1 and (error or len(fields) != width):
+                # An unbalanced quote swallows the lines after it: read them one by one, so
+                # that one bad quote costs one line, not the rest of the file.
+                for offset, line in enumerate(lines):
+                    single = next(csv.reader([line], delimiter=fmt.delimiter), [])
+                    record(line_no + offset, single, [line], None)
+            else:
+                record(line_no, fields, lines, error)
+            line_no += len(lines)
+            if len(rows) >= batch_size:
+                yield pd.DataFrame(rows)
+                rows = []
+    except UnicodeDecodeError as err:
+        raise InputFileError(
+            f"{source}: not valid {fmt.encoding} text after line {line_no} ({err.reason})."
+        ) from err
+    finally:
+        stream.close()
+    if rows:
+        yield pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"customer": {"id": 1}} -> {"customer_id": "1"}; lists stay JSON text."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}_"))
+        elif isinstance(value, list):
+            out[name] = json.dumps(value, ensure_ascii=False)
+        elif isinstance(value, bool):
+            out[name] = str(value).lower()
+        else:
+            out[name] = None if value is None else str(value)
+    return out
+
+
+_LOADS = {"parse_float": str, "parse_int": str}  # numbers stay exactly as delivered
+
+
+class _Blank:
+    pass
+
+
+@dataclass(frozen=True)
+class _Invalid:
+    error: str
+
+
+def _records_from_document(doc: Any, source: str) -> tuple[str, list[Any]]:
+    if isinstance(doc, list):
+        return "json array", doc
+    if isinstance(doc, dict):
+        lists = [v for v in doc.values() if isinstance(v, list) and v and isinstance(v[0], dict)]
+        if len(lists) == 1:
+            return "json object with an array of records", lists[0]
+        return "json object", [doc]
+    raise InputFileError(f"{source}: JSON must hold records (objects), found {type(doc).__name__}.")
+
+
+def read_json(
+    path: Path, fmt: SourceFormat, contract: Contract, source: str, batch_size: int
+) -> Iterator[pd.DataFrame]:
+    """A JSON array of records, an object wrapping one, or JSON Lines (detected by content)."""
+    with open_text(path, fmt.encoding) as stream:
+        text_head = stream.read(65536)
+    stripped = text_head.lstrip("\ufeff \t\r\n")
+    first_line = stripped.split("\n", 1)[0].strip()
+    is_lines = stripped.startswith("{") and _parses(first_line) and "\n" in stripped.strip()
+    if stripped.startswith("[") or (stripped.startswith("{") and not is_lines):
+        with open_text(path, fmt.encoding) as stream:
+            try:
+                doc = json.load(stream, **_LOADS)
+            except json.JSONDecodeError as err:
+                raise InputFileError(
+                    f"{source}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})."
+                ) from err
+        fmt.kind = "json"
+        shape, records = _records_from_document(doc, source)
+        fmt.notes.append(shape)
+        items: Iterator[tuple[int, str, Any]] = (
+            (i, json.dumps(r, ensure_ascii=False), r) for i, r in enumerate(records, 1)
+        )
+    else:
+        fmt.kind = "jsonl"
+        items = _json_lines(path, fmt.encoding)
+    return _json_records(items, fmt, contract, batch_size)
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _json_lines(path: Path, encoding: str) -> Iterator[tuple[int, str, Any]]:
+    with open_text(path, encoding) as stream:
+        for i, line in enumerate(stream, 1):
+            text = line.rstrip("\r\n")
+            if not text.strip():
+                yield i, text, _Blank()
+                continue
+            try:
+                yield i, text, json.loads(text, **_LOADS)
+            except json.JSONDecodeError as err:
+                yield i, text, _Invalid(f"invalid JSON: {err.msg} (column {err.colno})")
+
+
+def _json_records(
+    items: Iterator[tuple[int, str, Any]], fmt: SourceFormat, contract: Contract, batch_size: int
+) -> Iterator[pd.DataFrame]:
+    mapping: dict[str, str | None] = {}
+    rows: list[dict[str, Any]] = []
+    for line_no, raw, record in items:
+        if isinstance(record, _Blank):
+            rows.append({"source_line": line_no, "blank": True})
+        elif isinstance(record, _Invalid) or not isinstance(record, dict):
+            error = record.error if isinstance(record, _Invalid) else "invalid JSON: not an object"
+            rows.append({"source_line": line_no, "raw_record": raw, "parse_error": error})
+        else:
+            row: dict[str, Any] = {"source_line": line_no, "raw_record": raw}
+            extra: dict[str, Any] = {}
+            for key, value in _flatten(record).items():
+                if key not in mapping:
+                    mapping[key] = canonical = contract.canonical(key)
+                    if canonical is None:
+                        fmt.extra_columns.append(key)
+                    elif canonical in fmt.mapping.values():  # two keys for one column
+                        mapping[key] = None
+                        fmt.extra_columns.append(key)
+                    else:
+                        fmt.mapping[key] = canonical
+                target = mapping[key]
+                if target is None:
+                    extra[key] = value
+                else:
+                    row[target] = value
+            if extra:
+                row["extra_attributes"] = json.dumps(extra, ensure_ascii=False)
+            rows.append(row)
+        if len(rows) >= batch_size:
+            yield pd.DataFrame(rows)
+            rows = []
+    fmt.headers = list(mapping)
+    if rows:
+        yield pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- one file
+
+
+SUPPORTED = {".csv", ".tsv", ".txt", ".json", ".jsonl", ".ndjson"}
+
+
+def read_chunks(
+    path: Path, contract: Contract, source: str, batch_size: int = 100_000
+) -> tuple[SourceFormat, Iterator[pd.DataFrame]]:
+    """Detect how the file is written and return that with an iterator of raw chunks."""
+    suffix = logical_suffix(path)
+    if suffix not in SUPPORTED:
+        raise InputFileError(
+            f"{source}: unsupported file type '{suffix}' (expected {sorted(SUPPORTED)})."
+        )
+    fmt = SourceFormat()
+    with path.open("rb") as fh:
+        fmt.compression = "gzip" if fh.read(2) == GZIP_MAGIC else None
+    fmt.encoding = detect_encoding(path, contract.parsing.encodings, source)
+    if suffix in {".json", ".jsonl", ".ndjson"}:
+        return fmt, read_json(path, fmt, contract, source, batch_size)
+    return fmt, read_csv(path, fmt, contract, source, batch_size)
+
+
+# --------------------------------------------------------------------------- values
+
+
+_SPACES = re.compile(r"[\s\u00a0\u202f]")
+_CURRENCY = re.compile(r"^[€$]|[€$]$|^(EUR|USD|MXN|COP|ARS|CLP|PEN)\s*|\s*(EUR|USD)$")
+
+
+def strip_amount(values: pd.Series) -> pd.Series:
+    """'€ 1.234,50' -> '1.234,50': currency symbols and (thin) spaces are presentation."""
+    return values.str.replace(_CURRENCY, "", regex=True).str.replace(_SPACES, "", regex=True)
+
+
+def detect_decimal(values: pd.Series, default: str) -> tuple[str, str | None, str | None]:
+    """Decimal and thousands separators of a file's amounts: (decimal, thousands, note)."""
+    v = values.dropna()
+    v = v[v.str.contains(r"[.,]", regex=True)]
+    if v.empty:
+        return default, None, None
+    both = v[v.str.contains(",", regex=False) & v.str.contains(".", regex=False)]
+    if len(both):
+        comma_last = (both.str.rfind(",") > both.str.rfind(".")).mean() >= 0.5
+        return (",", ".", None) if comma_last else (".", ",", None)
+    comma_decimal = (
+        v.str.contains(r",(?:\d{1,2}|\d{4,})$", regex=True).any()
+        or v.str.contains(r"\.\d{3}\.", regex=True).any()
+    )
+    point_decimal = (
+        v.str.contains(r"\.(?:\d{1,2}|\d{4,})$", regex=True).any()
+        or v.str.contains(r",\d{3},", regex=True).any()
+    )
+    if comma_decimal and not point_decimal:
+        return ",", ".", None
+    if point_decimal and not comma_decimal:
+        return ".", ",", None
+    if comma_decimal and point_decimal:
+        return (
+            default,
+            None,
+            (
+                f"amounts mix ',' and '.' as decimal separators; used '{default}' (contract), "
+                "the others are quarantined"
+            ),
+        )
+    return (
+        default,
+        None,
+        f"amounts like '{v.iloc[0]}' are ambiguous; used decimal '{default}' (contract)",
+    )
+
+
+def normalize_amount(values: pd.Series, decimal: str) -> tuple[pd.Series, pd.Series]:
+    """Amounts as canonical text ('1234.50'); returns (text, is_valid)."""
+    thousands = "." if decimal == "," else ","
+    t, d = re.escape(thousands), re.escape(decimal)
+    pattern = rf"^[+-]?(?:\d{{1,3}}(?:{t}\d{{3}})+|\d+)?(?:{d}\d+)?$"
+    cleaned = strip_amount(values)
+    valid = cleaned.str.fullmatch(pattern).fillna(False) & cleaned.str.contains(r"\d", regex=True)
+    canonical = cleaned.str.replace(thousands, "", regex=False)
+    if decimal == ",":
+        canonical = canonical.str.replace(",", ".", regex=False)
+    canonical = canonical.str.replace(r"^\+", "", regex=True).str.replace(
+        r"^(-?)\.", r"\g<1>0.", regex=True
+    )
+    return canonical.where(valid), valid
+
+
+_SLASHED = re.compile(r"^(\d{1,2})[/.-](\d{1,2})[/.-](\d{4})(?:[ T](\d{1,2}:\d{2}(?::\d{2})?))?$")
+_ISO = re.compile(
+    r"^\d{4}-\d{1,2}-\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$"
+)
+
+
+def detect_date_format(values: pd.Series, day_first: bool) -> tuple[str, str | None]:
+    """'iso', 'dd/mm/yyyy' or 'mm/dd/yyyy' from the data: a first part above 12 proves day
+    first, a second part above 12 proves month first. Returns (format, note)."""
+    v = values.dropna().str.strip()
+    parts = v.str.extract(_SLASHED)
+    slashed = parts[0].notna()
+    if not slashed.any():
+        return "iso", None
+    first, second = parts.loc[slashed, 0].astype(int), parts.loc[slashed, 1].astype(int)
+    day_evidence, month_evidence = int((first > 12).sum()), int((second > 12).sum())
+    default = "dd/mm/yyyy" if day_first else "mm/dd/yyyy"
+    if day_evidence and month_evidence:
+        chosen = "dd/mm/yyyy" if day_evidence >= month_evidence else "mm/dd/yyyy"
+        return chosen, (
+            f"dates contradict each other ({day_evidence} day-first, {month_evidence} "
+            f"month-first); read as {chosen}, the others are quarantined"
+        )
+    if day_evidence:
+        return "dd/mm/yyyy", None
+    if month_evidence:
+        return "mm/dd/yyyy", None
+    return default, f"no date tells day from month; read as {default} (contract day_first)"
+
+
+def parse_dates(values: pd.Series, date_format: str) -> pd.Series:
+    """Dates in the file's format; ISO 8601 is always accepted. Unparseable -> NaT."""
+    v = values.str.strip()
+    out = pd.Series(pd.NaT, index=v.index, dtype="datetime64[us]")
+    iso = v.str.fullmatch(_ISO.pattern).fillna(False)
+    if iso.any():
+        out[iso] = pd.to_datetime(v[iso].str.slice(0, 10), format="%Y-%m-%d", errors="coerce")
+    parts = v[~iso].str.extract(_SLASHED)
+    ok = parts[0].notna()
+    if ok.any():
+        p = parts[ok]
+        day, month = (p[0], p[1]) if date_format == "dd/mm/yyyy" else (p[1], p[0])
+        text = p[2] + "-" + month.str.zfill(2) + "-" + day.str.zfill(2)
+        out[p.index] = pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
+    return out

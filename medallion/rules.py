@@ -1,0 +1,142 @@
+"""The contract's rules, run on every row of a chunk at once.
+
+Each check yields (rule, message, mask). A row is reported with every rule it fails, not just
+the first; what happens to it depends on the rule's severity in the contract (warn, drop, fail).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from medallion.contract import Contract
+from medallion.parsing import normalize_amount, parse_dates
+
+_INTEGER = r"[+]?\d+"
+
+
+@dataclass(frozen=True)
+class ValueFormat:
+    """How a file writes numbers and dates (detected once per file)."""
+
+    decimal_separator: str = "."
+    date_format: str = "iso"
+
+
+@dataclass
+class Verdict:
+    """The outcome of the rules on one chunk."""
+
+    chunk: pd.DataFrame  # typed values (dates, canonical decimal text, Int64 quantities)
+    reasons: pd.Series  # '; '-joined messages of drop/fail rules ('' = row passes)
+    warnings: pd.Series  # '; '-joined messages of warn rules
+    counts: dict[str, Counter] = field(default_factory=dict)  # severity -> rule -> rows
+    first_line: dict[str, int] = field(default_factory=dict)  # rule -> first source line
+
+
+def _strings(chunk: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    for col in columns:
+        values = chunk[col] if col in chunk else pd.Series(None, index=chunk.index)
+        s = values.astype("string").str.strip()
+        chunk[col] = s.mask(s == "")
+    return chunk
+
+
+def _checks(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat, structural: pd.Series):
+    """Yield (rule, message, mask) for every rule; also converts the chunk's values in place."""
+    for name in contract.required:
+        yield "missing_required", f"missing {name}", chunk[name].isna() & ~structural
+
+    dates = {}
+    for col in (c for c in contract.columns.values() if c.type == "date"):
+        dates[col.name] = parse_dates(chunk[col.name], fmt.date_format)
+        yield (
+            "invalid_date",
+            f"invalid date in {col.name}",
+            (chunk[col.name].notna() & dates[col.name].isna()),
+        )
+        chunk[col.name] = dates[col.name].dt.date.astype(object).where(dates[col.name].notna())
+    if {"order_date", "ship_date"} <= dates.keys():
+        yield (
+            "ship_before_order",
+            "ship_date before order_date",
+            (dates["ship_date"] < dates["order_date"]),
+        )
+
+    numbers = {}
+    for col in (c for c in contract.columns.values() if c.type == "decimal"):
+        text, valid = normalize_amount(chunk[col.name], fmt.decimal_separator)
+        yield "not_a_number", f"{col.name} is not a number", chunk[col.name].notna() & ~valid
+        decimals = text.str.extract(r"\.(\d*)$", expand=False).str.len().fillna(0)
+        yield (
+            "too_many_decimals",
+            f"{col.name} has more than {col.scale} decimal places",
+            (decimals > col.scale),
+        )
+        chunk[col.name] = text.where(decimals <= col.scale)
+        numbers[col.name] = pd.to_numeric(text, errors="coerce")
+
+    qty_text, _ = normalize_amount(chunk["quantity"], fmt.decimal_separator)
+    not_int = chunk["quantity"].notna() & ~qty_text.str.fullmatch(_INTEGER).fillna(False)
+    yield "quantity_not_integer", "quantity is not an integer", not_int
+    qty = pd.to_numeric(qty_text.where(~not_int), errors="coerce")
+    yield "quantity_not_positive", "quantity is not > 0", qty.notna() & (qty <= 0)
+    chunk["quantity"] = qty.astype("Int64")
+
+    if "sales" in numbers:
+        yield "sales_negative", "sales is negative", numbers["sales"] < 0
+    if "discount" in numbers:
+        d = numbers["discount"]
+        yield "discount_out_of_range", "discount outside [0, 1]", (d < 0) | (d > 1)
+    if {"profit", "sales"} <= numbers.keys():
+        yield "profit_above_sales", "profit above sales", numbers["profit"] > numbers["sales"]
+
+
+def apply_rules(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat) -> Verdict:
+    """Run every rule on every row of a chunk of raw text values."""
+    chunk = _strings(chunk, list(contract.columns))
+    parse_error = (
+        chunk["parse_error"] if "parse_error" in chunk else pd.Series(None, index=chunk.index)
+    )
+    structural = parse_error.notna()
+    reasons = parse_error.astype("string").fillna("")
+    warnings = pd.Series("", index=chunk.index, dtype="string")
+    verdict = Verdict(chunk, reasons, warnings, {s: Counter() for s in ("warn", "drop", "fail")})
+    if structural.any():
+        rule = (
+            "invalid_json"
+            if parse_error.str.startswith("invalid JSON").any()
+            else "wrong_field_count"
+        )
+        _count(verdict, contract.severity(rule), rule, structural, chunk)
+
+    warned = []
+    for rule, message, mask in _checks(chunk, contract, fmt, structural):
+        mask = mask.fillna(False).astype(bool) & ~structural
+        if not mask.any():
+            continue
+        severity = contract.severity(rule)
+        if severity == "warn":
+            warned.append((rule, message, mask))
+            continue
+        _count(verdict, severity, rule, mask, chunk)
+        verdict.reasons = _append(verdict.reasons, mask, message)
+    kept = verdict.reasons == ""
+    for rule, message, mask in warned:  # a warning counts on the rows that are kept
+        if (mask & kept).any():
+            _count(verdict, "warn", rule, mask & kept, chunk)
+            verdict.warnings = _append(verdict.warnings, mask & kept, message)
+    return verdict
+
+
+def _append(messages: pd.Series, mask: pd.Series, message: str) -> pd.Series:
+    joined = messages.mask(mask & (messages != ""), messages + "; " + message)
+    return joined.mask(mask & (messages == ""), message)
+
+
+def _count(verdict: Verdict, severity: str, rule: str, mask: pd.Series, chunk: pd.DataFrame):
+    verdict.counts[severity][rule] += int(mask.sum())
+    first = int(chunk.loc[mask, "source_line"].min())
+    verdict.first_line[rule] = min(first, verdict.first_line.get(rule, first))
