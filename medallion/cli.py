@@ -45,6 +45,7 @@ def print_summary(result: dict) -> None:
     print(f"líneas leídas:         {result['lines_read']}")
     print(f"filas a silver:        {result['rows_to_silver']}")
     print(f"filas en cuarentena:   {result['rows_quarantined']}")
+    print(f"duplicadas exactas:    {result['duplicates_dropped']}")
     for table, count in result["staging_rows"].items():
         merged = result["merge"].get(table)
         change = (

@@ -461,9 +461,9 @@ def detect_decimal(values: pd.Series, default: str) -> tuple[str, str | None, st
         or v.str.contains(r",\d{3},", regex=True).any()
     )
     if comma_decimal and not point_decimal:
-        return ",", ".", None
+        return ",", "." if v.str.contains(".", regex=False).any() else None, None
     if point_decimal and not comma_decimal:
-        return ".", ",", None
+        return ".", "," if v.str.contains(",", regex=False).any() else None, None
     if comma_decimal and point_decimal:
         return (
             default,

@@ -105,7 +105,8 @@ def summary(eng, run_id: str) -> dict[str, Any]:
     with eng.connect() as conn:
         silver = conn.execute(
             text("""select coalesce(sum(lines_in), 0), coalesce(sum(rows_out), 0),
-                           coalesce(sum(rows_quarantined), 0), count(*)
+                           coalesce(sum(rows_quarantined), 0), count(*),
+                           coalesce(sum(rows_duplicate), 0)
                     from audit.run_log where run_id = :r and step = 'silver'"""),
             {"r": run_id},
         ).one()
@@ -130,6 +131,7 @@ def summary(eng, run_id: str) -> dict[str, Any]:
         "lines_read": silver[0],
         "rows_to_silver": silver[1],
         "rows_quarantined": silver[2],
+        "duplicates_dropped": silver[4],
         "merge": {source: details for source, _, details in merges},
         "staging_rows": tables,
         "outputs": str(OUTPUTS_DIR / run_slug(run_id)),

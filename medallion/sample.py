@@ -293,6 +293,7 @@ class Expected:
 
     def __init__(self) -> None:
         self.lines = 0
+        self.duplicates = 0
         self.rejected: Counter = Counter()
         self.customers: set[str] = set()
         self.products: set[str] = set()
@@ -300,7 +301,9 @@ class Expected:
 
     def add(self, line: dict[str, str], rule: str | None) -> None:
         self.lines += 1
-        if rule:
+        if rule == "exact duplicate":
+            self.duplicates += 1
+        elif rule:
             self.rejected[rule] += 1
         else:
             self.customers.add(line["customer_id"])
@@ -310,7 +313,8 @@ class Expected:
     def as_dict(self) -> dict:
         return {
             "lines": self.lines,
-            "valid": self.lines - sum(self.rejected.values()),
+            "valid": self.lines - sum(self.rejected.values()) - self.duplicates,
+            "duplicates": self.duplicates,
             "quarantined": sum(self.rejected.values()),
             "by_reason": dict(sorted(self.rejected.items())),
             "sales": str(self.sales),
@@ -326,6 +330,16 @@ def _with_bad_lines(
     for i, line in enumerate(lines, 1):
         rule = rules[(i // every - 1) % len(rules)] if every and i % every == 0 else None
         yield (break_rule(line, rule) if rule else line), rule
+
+
+def _with_duplicates(
+    lines: Iterator[tuple[dict[str, str], str | None]], every: int
+) -> Iterator[tuple[dict[str, str], str | None]]:
+    """Every `every`-th line is delivered twice (an export that repeats a line)."""
+    for i, (line, rule) in enumerate(lines, 1):
+        yield line, rule
+        if every and i % every == 0 and rule is None:
+            yield line, "exact duplicate"
 
 
 def write_csv(
@@ -370,14 +384,17 @@ def write_json(
 
 
 def write_committed_sample(out: Path = PROJECT_ROOT / "data" / "sample") -> dict:
-    """The committed sample: 2,400 CSV lines and 900 JSON records, with bad lines of each rule."""
+    """The committed sample: 2,400 CSV lines (plus 2 repeated) and 900 JSON records, with bad
+    lines of each rule."""
     out.mkdir(parents=True, exist_ok=True)
     gen = Generator(seed=2024, customers=300, products=400)
     files = {}
     csv_expected = Expected()
     write_csv(
         out / "ventas_2024_h1.csv",
-        _with_bad_lines(gen.lines(2400, 1, dt.date(2024, 1, 1), 181), BAD_RULES, 92),
+        _with_duplicates(
+            _with_bad_lines(gen.lines(2400, 1, dt.date(2024, 1, 1), 181), BAD_RULES, 92), 1000
+        ),
         csv_expected,
     )
     files["ventas_2024_h1.csv"] = csv_expected.as_dict()

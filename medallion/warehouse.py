@@ -174,6 +174,7 @@ def log_step(
                 "lines_in": lines_in,
                 "rows_out": rows_out,
                 "rows_quarantined": rows_quarantined,
+                "rows_duplicate": rows_duplicate,
                 "status": status,
                 "started_at": started_at,
                 "details": json.dumps(details or {}, default=str, ensure_ascii=False),

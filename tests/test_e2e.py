@@ -72,6 +72,7 @@ def expected():
         "lines": sum(f["lines"] for f in files.values()),
         "valid": sum(f["valid"] for f in files.values()),
         "quarantined": sum(f["quarantined"] for f in files.values()),
+        "duplicates": sum(f["duplicates"] for f in files.values()),
         "sales": sum(Decimal(f["sales"]) for f in files.values()),
         "customers": len(set().union(*(f["customers"] for f in files.values()))),
         "products": len(set().union(*(f["products"] for f in files.values()))),
@@ -103,15 +104,19 @@ def test_staging_holds_one_fact_row_per_valid_line(first_run, expected, db):
 def test_run_log_accounts_for_every_line(first_run, expected, db):
     run_id, _ = first_run
     with db.connect() as conn:
-        lines_in, rows_out, quarantined = conn.execute(
+        lines_in, rows_out, quarantined, duplicates = conn.execute(
             text(
-                "select sum(lines_in), sum(rows_out), sum(rows_quarantined) from audit.run_log "
-                "where run_id = :r and step = 'silver'"
+                "select sum(lines_in), sum(rows_out), sum(rows_quarantined), sum(rows_duplicate) "
+                "from audit.run_log where run_id = :r and step = 'silver'"
             ),
             {"r": run_id},
         ).one()
     assert lines_in == expected["lines"]
-    assert (rows_out, quarantined) == (expected["valid"], expected["quarantined"])
+    assert (rows_out, quarantined, duplicates) == (
+        expected["valid"],
+        expected["quarantined"],
+        expected["duplicates"],
+    )
 
 
 def test_quarantine_names_the_reason_of_every_bad_line(first_run, expected, s3, params):

@@ -22,8 +22,9 @@ def test_sample_has_bad_lines_of_each_rule():
     seen = set()
     for f in files.values():
         seen |= set(f["by_reason"])
-        assert f["lines"] == f["valid"] + f["quarantined"]
+        assert f["lines"] == f["valid"] + f["quarantined"] + f["duplicates"]
     assert seen == set(sample.BAD_RULES)
+    assert sum(f["duplicates"] for f in files.values()) > 0
 
 
 def test_generated_file_matches_its_expectations(tmp_path):
