@@ -3,8 +3,9 @@
 
 Sales files (CSV/JSON) -> bronze -> silver -> gold -> PostgreSQL star schema.
 
-Each step is a parameterized notebook run by papermill; the executed copy of every notebook is
-kept under `outputs/<run_id>/` as the log of the run. The last task merges the run's transit
+Each step is a parameterized notebook run by papermill (`NotebookOperator`, a PapermillOperator
+that does not retry a file that breaks the data contract); the executed copy of every notebook
+is kept under `outputs/<run_id>/` as the log of the run. The last task merges the run's transit
 rows (`public.bulk_*`) into `staging` with `CALL staging.sp_merge_operaciones_ventas(run_id)`.
 
 **Params** (also `dag_run.conf`): `input_path` (file or folder; default from the parameter set),
@@ -18,8 +19,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
-from airflow.providers.papermill.operators.papermill import PapermillOperator
 from airflow.sdk import DAG, Param, task
+
+from medallion.operators import NotebookOperator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["01_bronze_ingest", "02_silver_clean", "03_gold_model", "04_load_postgres"]
@@ -54,7 +56,7 @@ with DAG(
     run = prepare_run()
     previous = run
     for name in NOTEBOOKS:
-        notebook = PapermillOperator(
+        notebook = NotebookOperator(
             task_id=name,
             input_nb=str(PROJECT_ROOT / "notebooks" / f"{name}.ipynb"),
             output_nb="{{ ti.xcom_pull(task_ids='prepare_run')['output_dir'] }}/" + f"{name}.ipynb",

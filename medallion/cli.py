@@ -13,8 +13,8 @@ import sys
 import time
 
 from medallion import services, storage, warehouse
-from medallion.runs import airflow_env, run_dag, summary
-from medallion.settings import LOCAL_DIR, env_var_name, load_params, run_slug
+from medallion.runs import airflow_env, notebook_errors, run_dag, summary
+from medallion.settings import LOCAL_DIR, OUTPUTS_DIR, env_var_name, load_params, run_slug
 
 EXTERNAL = (env_var_name("minio_default"), env_var_name("postgres_default"))
 
@@ -65,14 +65,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     log_file = LOCAL_DIR / "airflow" / "last_run.log"
     print(f"ejecutando el DAG medallion_ventas (log de Airflow: {log_file}) ...", flush=True)
     result = run_dag(conf, airflow_env(), log_file)
-    outputs = f"outputs/{run_slug(result['run_id'])}"
+    outputs = OUTPUTS_DIR / run_slug(result["run_id"])
     if result["state"] != "success":
-        print(
-            f"\nEl DAG falló (run {result['run_id']}). Notebooks ejecutados en {outputs}; "
-            f"log en {log_file}:\n",
-            file=sys.stderr,
-        )
-        print("".join(log_file.read_text().splitlines(keepends=True)[-40:]), file=sys.stderr)
+        errors = notebook_errors(OUTPUTS_DIR / run_slug(result["run_id"]))
+        print(f"\nEl DAG falló (run {result['run_id']}).", file=sys.stderr)
+        if errors:
+            print("\n".join(errors), file=sys.stderr)
+        else:
+            print("".join(log_file.read_text().splitlines(keepends=True)[-40:]), file=sys.stderr)
+        print(f"Notebooks ejecutados: {outputs}; log de Airflow: {log_file}", file=sys.stderr)
         return 1
     params = load_params(args.params_env)
     print_summary(summary(warehouse.engine(params["postgres_conn_id"]), result["run_id"]))

@@ -100,6 +100,18 @@ def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
     return 0 if state == "success" else 1
 
 
+def notebook_errors(output_dir: Path) -> list[str]:
+    """The error each executed notebook of a run stopped on, as '<notebook>: <error>'."""
+    errors = []
+    for path in sorted(output_dir.glob("*.ipynb")):
+        cells = json.loads(path.read_text()).get("cells", [])
+        for cell in cells:
+            for output in cell.get("outputs", []):
+                if output.get("output_type") == "error":
+                    errors.append(f"{path.stem}: {output['ename']}: {output['evalue']}")
+    return errors
+
+
 def summary(eng, run_id: str) -> dict[str, Any]:
     """What a run did: lines read and quarantined (run log), rows in staging and the view."""
     with eng.connect() as conn:

@@ -158,3 +158,46 @@ def test_executed_notebooks_are_kept_without_secrets(first_run, secrets_in_use):
         content = path.read_text()
         for secret in secrets_in_use:
             assert secret not in content, f"{path} contains a password"
+
+
+def test_a_file_that_breaks_the_contract_fails_the_run_clearly(tmp_path, db, first_run):
+    from tests.corpus import CASES
+
+    folder = tmp_path / "entrega"
+    folder.mkdir()
+    (folder / "ventas_2024_h2.json").write_bytes(
+        (PROJECT_ROOT / "data" / "sample" / "ventas_2024_h2.json").read_bytes()
+    )
+    for case in CASES:
+        if case.name in {"header_only.csv", "too_many_rejects.csv"}:
+            (folder / case.name).write_bytes(case.build())
+    before = snapshot(db)
+    proc = subprocess.run(
+        [sys.executable, "-m", "medallion.cli", "run", "--input", str(folder)],
+        cwd=PROJECT_ROOT,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode != 0
+    assert "header_only.csv: the file has a header but no sales lines" in proc.stderr
+    assert re.search(r"too_many_rejects\.csv: 4 of 8 lines \(50%\) were rejected", proc.stderr)
+    assert "Traceback" not in proc.stderr
+    run_id = re.search(r"run (manual__\S+)\)", proc.stderr).group(1)
+    with db.connect() as conn:
+        statuses = dict(
+            conn.execute(
+                text(
+                    "select regexp_replace(source, '.*/', ''), status from audit.run_log "
+                    "where run_id = :r and step = 'silver'"
+                ),
+                {"r": run_id},
+            ).all()
+        )
+    assert statuses == {
+        "ventas_2024_h2.json": "success",
+        "header_only.csv": "failed",
+        "too_many_rejects.csv": "failed",
+    }
+    assert snapshot(db) == before  # nothing was merged
