@@ -5,11 +5,13 @@ Sales files (CSV/JSON) -> bronze -> silver -> gold -> PostgreSQL star schema.
 
 Each step is a parameterized notebook run by papermill (`NotebookOperator`, a PapermillOperator
 that does not retry a file that breaks the data contract); the executed copy of every notebook
-is kept under `outputs/<run_id>/` as the log of the run. The last task merges the run's transit
-rows (`public.bulk_*`) into `staging` with `CALL staging.sp_merge_operaciones_ventas(run_id)`.
+is kept under `outputs/<run_id>/` as the log of the run. Then `merge_staging` merges the run's
+transit rows (`public.bulk_*`) into `staging` (`staging.sp_merge_operaciones_ventas`) and
+`publish_gate` checks the result (`staging.sp_publish_gate`): reconciliation with silver, keys.
 
 **Params** (also `dag_run.conf`): `input_path` (file or folder; default from the parameter set),
-`params_env` (`local` or `docker`; default Variable `medallion_params_env`, else `local`).
+`params_env` (`local` or `docker`; default Variable `medallion_params_env`, else `local`),
+`scd_type_cliente` (1 or 2), `merge_strategy` (`auto`, `merge`, `upsert`).
 **Connections**: `minio_default` (aws, `endpoint_url` in extra), `postgres_default`.
 """
 
@@ -37,6 +39,12 @@ with DAG(
     params={
         "input_path": Param(None, type=["null", "string"], description="File or folder"),
         "params_env": Param(None, type=["null", "string"], description="local | docker"),
+        "scd_type_cliente": Param(1, enum=[1, 2], description="dim_cliente: SCD type 1 or 2"),
+        "merge_strategy": Param(
+            "auto",
+            enum=["auto", "merge", "upsert"],
+            description="auto: MERGE on PostgreSQL >= 15, INSERT ... ON CONFLICT before",
+        ),
     },
     render_template_as_native_obj=True,
 ) as dag:
@@ -70,8 +78,19 @@ with DAG(
     merge = SQLExecuteQueryOperator(
         task_id="merge_staging",
         conn_id="postgres_default",
-        sql="call staging.sp_merge_operaciones_ventas(%(run_id)s)",
+        sql="call staging.sp_merge_operaciones_ventas(%(run_id)s, %(scd_type)s, %(strategy)s)",
+        parameters={
+            "run_id": "{{ run_id }}",
+            "scd_type": "{{ params.scd_type_cliente }}",
+            "strategy": "{{ params.merge_strategy }}",
+        },
+        autocommit=True,
+    )
+    publish_gate = SQLExecuteQueryOperator(
+        task_id="publish_gate",
+        conn_id="postgres_default",
+        sql="call staging.sp_publish_gate(%(run_id)s)",
         parameters={"run_id": "{{ run_id }}"},
         autocommit=True,
     )
-    previous >> merge
+    previous >> merge >> publish_gate

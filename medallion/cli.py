@@ -49,9 +49,18 @@ def print_summary(result: dict) -> None:
     for table, count in result["staging_rows"].items():
         merged = result["merge"].get(table)
         change = (
-            f"  (+{merged['inserted']} nuevas, {merged['updated']} actualizadas)" if merged else ""
+            f"  (+{merged['inserted']} nuevas, {merged['updated']} actualizadas, "
+            f"{merged['unchanged']} sin cambios)"
+            if merged
+            else ""
         )
         print(f"{table + ':':<40}{count:>8}{change}")
+    gate = result.get("publish")
+    if gate:
+        print(
+            f"control de publicación: ok ({gate['staged_line_keys']} líneas, "
+            f"ventas {gate['staged_sales']} = silver {gate['silver_sales']})"
+        )
     print(f"notebooks ejecutados:  {result['outputs']}")
 
 
@@ -59,7 +68,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     print(f"servicios: {use_services()}")
     bootstrap(args.params_env)
-    conf = {"params_env": args.params_env}
+    conf = {
+        "params_env": args.params_env,
+        "scd_type_cliente": args.scd_type_cliente,
+        "merge_strategy": args.merge_strategy,
+    }
     if args.input:
         conf["input_path"] = os.path.abspath(args.input)
     log_file = LOCAL_DIR / "airflow" / "last_run.log"
@@ -108,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the DAG once on the sample or on --input")
     run.add_argument("--input", help="CSV/JSON file or folder (default: the parameter set's)")
     run.add_argument("--params-env", default="local")
+    run.add_argument("--scd-type-cliente", type=int, choices=[1, 2], default=1)
+    run.add_argument("--merge-strategy", choices=["auto", "merge", "upsert"], default="auto")
     run.set_defaults(func=cmd_run)
     svc = sub.add_parser("services", help="embedded S3 + PostgreSQL")
     svc.add_argument("action", choices=["start", "stop", "status"])

@@ -45,20 +45,21 @@ class Dimension:
     name: str
     natural_key: str
     attributes: tuple[str, ...]
+    versioned: bool = False  # carries first_order_date, where a new version starts (SCD 2)
+
+    @property
+    def dates(self) -> list[str]:
+        return ["first_order_date", "last_order_date"] if self.versioned else ["last_order_date"]
 
     def schema(self, silver: pa.Schema) -> pa.Schema:
-        names = [self.natural_key, *self.attributes, "last_order_date", "run_id"]
+        date = silver.field("order_date").type
+        fields = [silver.field(n) for n in (self.natural_key, *self.attributes)]
         return pa.schema(
-            [
-                silver.field("order_date").with_name("last_order_date")
-                if n == "last_order_date"
-                else silver.field(n)
-                for n in names
-            ]
+            [*fields, *(pa.field(d, date) for d in self.dates), pa.field("run_id", pa.string())]
         )
 
 
-DIM_CLIENTE = Dimension("dim_cliente", "customer_id", ("customer_name", "segment"))
+DIM_CLIENTE = Dimension("dim_cliente", "customer_id", ("customer_name", "segment"), True)
 DIM_INVENTARIO = Dimension(
     "dim_inventario", "product_id", ("product_name", "category", "sub_category")
 )
@@ -70,27 +71,56 @@ def gold_key(table: str, run_id: str) -> str:
 
 
 class DimensionBuilder:
-    """One row per natural key, built batch by batch: the attributes of the latest order win
-    (then the later line of the run), so the choice is the same on every run."""
+    """One row per natural key, built batch by batch.
+
+    Every distinct set of attributes of a key is a variant (first and last order date, last
+    line). The winner is the variant of the latest order, then of the later line, so the choice
+    is the same on every run; a key with more than one variant is a conflict, counted.
+    """
 
     def __init__(self, dim: Dimension):
         self.dim = dim
-        self.rows = pd.DataFrame(columns=[dim.natural_key, *dim.attributes, "order_date", "_seq"])
+        self.group = [dim.natural_key, *dim.attributes]
+        self.variants = pd.DataFrame(
+            columns=[*self.group, "first_order_date", "last_order_date", "_seq"]
+        )
 
     def add(self, batch: pd.DataFrame, first_seq: int) -> None:
-        cols = [self.dim.natural_key, *self.dim.attributes, "order_date"]
-        part = batch[cols].assign(_seq=range(first_seq, first_seq + len(batch)))
-        both = [self.rows, part] if len(self.rows) else [part]
-        self.rows = _latest(pd.concat(both, ignore_index=True), self.dim.natural_key)
+        part = batch[[*self.group, "order_date"]].assign(
+            _seq=range(first_seq, first_seq + len(batch))
+        )
+        part = part.groupby(self.group, dropna=False, as_index=False).agg(
+            first_order_date=("order_date", "min"),
+            last_order_date=("order_date", "max"),
+            _seq=("_seq", "max"),
+        )
+        both = [self.variants, part] if len(self.variants) else [part]
+        self.variants = (
+            pd.concat(both, ignore_index=True)
+            .groupby(self.group, dropna=False, as_index=False)
+            .agg(
+                first_order_date=("first_order_date", "min"),
+                last_order_date=("last_order_date", "max"),
+                _seq=("_seq", "max"),
+            )
+        )
+
+    @property
+    def conflicts(self) -> int:
+        """Natural keys delivered with more than one set of attributes in this run."""
+        return int((self.variants[self.dim.natural_key].value_counts() > 1).sum())
 
     def result(self, run_id: str) -> pd.DataFrame:
-        out = self.rows.rename(columns={"order_date": "last_order_date"}).drop(columns="_seq")
-        return out.assign(run_id=run_id).sort_values(self.dim.natural_key, ignore_index=True)
-
-
-def _latest(rows: pd.DataFrame, key: str) -> pd.DataFrame:
-    ordered = rows.sort_values([key, "order_date", "_seq"], kind="stable")
-    return ordered.drop_duplicates(key, keep="last")
+        ordered = self.variants.sort_values(
+            [self.dim.natural_key, "last_order_date", "_seq"], kind="stable"
+        )
+        winners = ordered.drop_duplicates(self.dim.natural_key, keep="last")
+        columns = [*self.group, *self.dim.dates]
+        return (
+            winners[columns]
+            .assign(run_id=run_id)
+            .sort_values(self.dim.natural_key, ignore_index=True)
+        )
 
 
 def build_gold(
@@ -101,8 +131,9 @@ def build_gold(
     run_id: str,
     silver_schema: pa.Schema,
     batch_size: int = 100_000,
-) -> dict[str, int]:
-    """Read this run's silver objects batch by batch and write the three gold tables."""
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Read this run's silver objects batch by batch and write the three gold tables.
+    Returns the rows per table and the attribute conflicts per dimension."""
     builders = {dim.name: DimensionBuilder(dim) for dim in DIMENSIONS}
     fact_schema = pa.schema([silver_schema.field(c) for c in FACT_COLUMNS])
     seq = 0
@@ -128,4 +159,4 @@ def build_gold(
         ) as out:
             out.write(table)
         counts[dim.name] = table.num_rows
-    return counts
+    return counts, {name: builder.conflicts for name, builder in builders.items()}

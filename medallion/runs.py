@@ -122,6 +122,10 @@ def summary(eng, run_id: str) -> dict[str, Any]:
                     from audit.run_log where run_id = :r and step = 'silver'"""),
             {"r": run_id},
         ).one()
+        publish = conn.execute(
+            text("select details from audit.run_log where run_id = :r and step = 'publish'"),
+            {"r": run_id},
+        ).scalar_one_or_none()
         merges = conn.execute(
             text("""select source, rows_out, details from audit.run_log
                     where run_id = :r and step = 'merge' order by source"""),
@@ -145,6 +149,7 @@ def summary(eng, run_id: str) -> dict[str, Any]:
         "rows_quarantined": silver[2],
         "duplicates_dropped": silver[4],
         "merge": {source: details for source, _, details in merges},
+        "publish": publish,
         "staging_rows": tables,
         "outputs": str(OUTPUTS_DIR / run_slug(run_id)),
     }

@@ -7,11 +7,13 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from minio import Minio
 
 from medallion import storage
@@ -42,6 +44,7 @@ class FileReport:
     duplicates: int = 0
     conflicts: int = 0
     blank_lines: int = 0
+    sales_total: Decimal = Decimal(0)  # of the rows written to silver, for reconciliation
     rules: dict[str, Counter] = field(
         default_factory=lambda: {s: Counter() for s in ("warn", "drop", "fail")}
     )
@@ -60,6 +63,7 @@ class FileReport:
             "conflicts": self.conflicts,
             "warnings": sum(self.rules["warn"].values()),
             "blank_lines": self.blank_lines,
+            "sales_total": str(self.sales_total),
         }
 
     def rule_rows(self) -> list[dict[str, Any]]:
@@ -274,7 +278,9 @@ def _clean_chunks(
             report.first_line[rule] = min(line, report.first_line.get(rule, line))
 
         rejected = verdict.reasons != ""
-        out.write(to_arrow(chunk[~rejected], contract.silver_schema))
+        good = to_arrow(chunk[~rejected], contract.silver_schema)
+        out.write(good)
+        report.sales_total += pc.sum(good.column("sales")).as_py() or Decimal(0)
         quarantine.write(
             to_arrow(
                 chunk[rejected].assign(reject_reason=verdict.reasons[rejected]),

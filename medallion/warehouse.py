@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -49,14 +50,24 @@ def transaction(eng: Engine) -> Iterator[SAConnection]:
         yield conn
 
 
+_REQUIRES = re.compile(r"^-- requires: server_version_num >= (\d+)", re.M)
+
+
 def apply_sql(eng: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
-    """Apply every ``sql/NNN_*.sql`` file in order; each file is idempotent."""
+    """Apply every ``sql/NNN_*.sql`` file in order; each file is idempotent. A file whose first
+    lines say ``-- requires: server_version_num >= N`` is skipped on older servers."""
     applied = []
     with transaction(eng) as conn, conn.connection.driver_connection.cursor() as cur:
         # Serialise concurrent bootstraps (two runs starting at once).
         cur.execute("select pg_advisory_xact_lock(hashtext('medallion.apply_sql'))")
+        cur.execute("select current_setting('server_version_num')::int")
+        version = cur.fetchone()[0]
         for path in sorted(sql_dir.glob("[0-9][0-9][0-9]_*.sql")):
-            cur.execute(path.read_text())  # no parameters: '%' in the files stays literal
+            sql_text = path.read_text()
+            needed = _REQUIRES.search(sql_text)
+            if needed and version < int(needed.group(1)):
+                continue  # e.g. MERGE procedures on PostgreSQL < 15: the upsert ones are used
+            cur.execute(sql_text)  # no parameters: '%' in the files stays literal
             applied.append(path.name)
     return applied
 

@@ -8,3 +8,6 @@ create table if not exists public.bulk_dim_cliente (
     bulk_seq        bigint generated always as identity,
     loaded_at       timestamptz not null default now()
 );
+
+-- Where the delivered attributes start (the new version's valid_from with SCD type 2).
+alter table public.bulk_dim_cliente add column if not exists first_order_date date;

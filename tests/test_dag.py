@@ -62,9 +62,11 @@ def test_notebooks_run_in_order_then_merge(dag_info):
         "03_gold_model",
         "04_load_postgres",
         "merge_staging",
+        "publish_gate",
     ]
     assert all("PapermillOperator" in dag_info["types"][t] for t in dag_info["order"][1:5])
     assert "SQLExecuteQueryOperator" in dag_info["types"]["merge_staging"]
+    assert "SQLExecuteQueryOperator" in dag_info["types"]["publish_gate"]
 
 
 def test_dag_file_does_no_io_at_import():

@@ -1,6 +1,11 @@
-"""COPY loading through to_sql and the merge procedure, on the real PostgreSQL."""
+"""COPY loading through to_sql, the merge procedure and the publish gate, on the real PostgreSQL.
+
+Each test uses its own ids (customers, products, line keys, runs), so tests share one database.
+"""
 
 import datetime as dt
+import threading
+import uuid
 from decimal import Decimal
 
 import pandas as pd
@@ -10,78 +15,125 @@ from sqlalchemy.exc import DBAPIError
 
 from medallion import warehouse
 
-
-def fact_row(line_key: str, run_id: str, **changes) -> dict:
-    row = {
-        "line_key": line_key,
-        "row_id": line_key,
-        "order_id": "ES-1",
-        "order_date": dt.date(2024, 3, 1),
-        "ship_date": dt.date(2024, 3, 4),
-        "ship_mode": "Estándar",
-        "customer_id": "CL-T1",
-        "product_id": "P-T1",
-        "country": "España",
-        "city": "Madrid",
-        "state": "Madrid",
-        "postal_code": "08001",
-        "region": "Centro",
-        "sales": Decimal("957.5775"),
-        "quantity": 3,
-        "discount": Decimal("0.2"),
-        "profit": Decimal("-383.031"),
-        "source_object": "s3://b/k.csv",
-        "source_line": 2,
-        "run_id": run_id,
-    }
-    return row | changes
+STRATEGIES = ["merge", "upsert"]  # upsert: the INSERT ... ON CONFLICT path of PostgreSQL < 15
 
 
-def load_run(db, run_id: str, facts: list[dict], customer_name: str = "Ana") -> None:
-    dims = {
-        "dim_inventario": pd.DataFrame(
-            [
-                {
-                    "product_id": "P-T1",
-                    "product_name": "Silla",
-                    "category": "Muebles",
-                    "sub_category": "Sillas",
-                    "last_order_date": dt.date(2024, 3, 1),
-                    "run_id": run_id,
-                }
-            ]
-        ),
-        "dim_cliente": pd.DataFrame(
-            [
-                {
-                    "customer_id": "CL-T1",
-                    "customer_name": customer_name,
-                    "segment": "Consumo",
-                    "last_order_date": dt.date(2024, 3, 1),
-                    "run_id": run_id,
-                }
-            ]
-        ),
-        "fact_operaciones_ventas": pd.DataFrame(facts),
-    }
+class Delivery:
+    """A run's transit rows, built like gold would build them."""
+
+    def __init__(self, prefix: str, run_id: str):
+        self.prefix, self.run_id = prefix, run_id
+        self.facts: list[dict] = []
+        self.customers: dict[str, dict] = {}
+        self.products: dict[str, dict] = {}
+
+    def line(
+        self,
+        n: int,
+        customer="C1",
+        product="P1",
+        name="Ana",
+        product_name="Silla",
+        order_date=dt.date(2024, 3, 1),
+        **values,
+    ) -> "Delivery":
+        cid, pid = f"{self.prefix}-{customer}", f"{self.prefix}-{product}"
+        self.facts.append(
+            {
+                "line_key": f"{self.prefix}-L{n}",
+                "row_id": str(n),
+                "order_id": f"{self.prefix}-O1",
+                "order_date": order_date,
+                "ship_date": order_date + dt.timedelta(days=2),
+                "ship_mode": "Estándar",
+                "customer_id": cid,
+                "product_id": pid,
+                "country": "España",
+                "city": "Madrid",
+                "state": "Madrid",
+                "postal_code": "08001",
+                "region": "Centro",
+                "sales": Decimal("957.5775"),
+                "quantity": 3,
+                "discount": Decimal("0.2"),
+                "profit": Decimal("-383.031"),
+                "source_object": "s3://b/k.csv",
+                "source_line": n + 1,
+                "run_id": self.run_id,
+            }
+            | values
+        )
+        for table, key, attrs in (
+            (self.customers, cid, {"customer_name": name, "segment": "Consumo"}),
+            (
+                self.products,
+                pid,
+                {"product_name": product_name, "category": "Muebles", "sub_category": "Sillas"},
+            ),
+        ):
+            row = table.setdefault(
+                key, attrs | {"first_order_date": order_date, "last_order_date": order_date}
+            )
+            if order_date >= row["last_order_date"]:
+                row.update(attrs, last_order_date=order_date)
+            row["first_order_date"] = min(row["first_order_date"], order_date)
+        return self
+
+    def load(self, db) -> "Delivery":
+        customers = pd.DataFrame(
+            [{"customer_id": k, **v, "run_id": self.run_id} for k, v in self.customers.items()]
+        )
+        products = pd.DataFrame(
+            [{"product_id": k, **v, "run_id": self.run_id} for k, v in self.products.items()]
+        ).drop(columns="first_order_date")
+        with warehouse.transaction(db) as conn:
+            for table, frame in (
+                ("dim_inventario", products),
+                ("dim_cliente", customers),
+                ("fact_operaciones_ventas", pd.DataFrame(self.facts)),
+            ):
+                warehouse.clear_transit(conn, table, self.run_id)
+                warehouse.load_transit(conn, table, frame)
+        warehouse.log_step(
+            db,
+            self.run_id,
+            "silver",
+            "test",
+            rows_out=len(self.facts),
+            details={"sales_total": str(sum(f["sales"] for f in self.facts))},
+        )
+        return self
+
+
+def merge(db, run_id: str, strategy: str | None = None, scd_type: int = 1) -> dict:
     with warehouse.transaction(db) as conn:
-        for table, frame in dims.items():
-            warehouse.clear_transit(conn, table, run_id)
-            warehouse.load_transit(conn, table, frame)
-
-
-def merge(db, run_id: str) -> None:
-    with warehouse.transaction(db) as conn:
-        conn.execute(text("call staging.sp_merge_operaciones_ventas(:r)"), {"r": run_id})
-
-
-def merged(db, run_id: str) -> dict:
+        conn.execute(
+            text("call staging.sp_merge_operaciones_ventas(:r, :s, :t)"),
+            {"r": run_id, "s": scd_type, "t": strategy},
+        )
     with db.connect() as conn:
         rows = conn.execute(
             text("select source, details from audit.run_log where run_id = :r and step = 'merge'"),
             {"r": run_id},
         ).all()
-    return {source.removeprefix("staging."): details for source, details in rows}
+    return {
+        source.removeprefix("staging."): {k: v for k, v in d.items() if k != "strategy"}
+        for source, d in rows
+    }
+
+
+def gate(db, run_id: str) -> None:
+    with warehouse.transaction(db) as conn:
+        conn.execute(text("call staging.sp_publish_gate(:r)"), {"r": run_id})
+
+
+def scalar(db, sql: str, **params):
+    with db.connect() as conn:
+        return conn.execute(text(sql), params).scalar_one()
+
+
+def new_prefix() -> str:
+    return "T" + uuid.uuid4().hex[:8]
 
 
 def test_copy_method_round_trips_awkward_values(db):
@@ -118,69 +170,266 @@ def test_copy_method_round_trips_awkward_values(db):
     assert back[2][2] == dt.date(2024, 2, 29)
 
 
-def test_merge_inserts_then_changes_nothing_then_updates(db):
-    load_run(db, "m1", [fact_row("T-1", "m1"), fact_row("T-2", "m1")])
-    merge(db, "m1")
-    assert merged(db, "m1")["fact_operaciones_ventas"] == {"inserted": 2, "updated": 0}
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_insert_then_rerun_changes_nothing_then_corrections_update(db, strategy):
+    p = new_prefix()
+    first = Delivery(p, f"{p}-r1").line(1).line(2).line(3, customer="C2", name="Luis").load(db)
+    assert merge(db, first.run_id, strategy) == {
+        "dim_inventario": {"inserted": 1, "updated": 0, "unchanged": 0},
+        "dim_cliente": {"inserted": 2, "updated": 0, "unchanged": 0},
+        "fact_operaciones_ventas": {"inserted": 3, "updated": 0, "unchanged": 0},
+    }
+    gate(db, first.run_id)
+    keys = scalar(
+        db,
+        "select array_agg(cliente_key order by customer_id) from staging.dim_cliente "
+        "where customer_id like :p",
+        p=f"{p}-%",
+    )
 
-    load_run(db, "m2", [fact_row("T-1", "m2"), fact_row("T-2", "m2", source_line=99)])
-    merge(db, "m2")
-    assert merged(db, "m2")["fact_operaciones_ventas"] == {"inserted": 0, "updated": 0}
-    assert merged(db, "m2")["dim_cliente"] == {"inserted": 0, "updated": 0}
+    again = Delivery(p, f"{p}-r2").line(1).line(2).line(3, customer="C2", name="Luis").load(db)
+    assert merge(db, again.run_id, strategy)["fact_operaciones_ventas"] == {
+        "inserted": 0,
+        "updated": 0,
+        "unchanged": 3,
+    }
+    gate(db, again.run_id)
 
-    load_run(db, "m3", [fact_row("T-2", "m3", sales=Decimal("10.5"))], customer_name="Ana María")
-    merge(db, "m3")
-    assert merged(db, "m3")["fact_operaciones_ventas"] == {"inserted": 0, "updated": 1}
-    assert merged(db, "m3")["dim_cliente"] == {"inserted": 0, "updated": 1}
+    later = dt.date(2024, 4, 1)
+    fix = (
+        Delivery(p, f"{p}-r3")
+        .line(2, sales=Decimal("10.5"), name="Ana María", order_date=later)
+        .line(4, customer="C3", name="Eva")
+        .load(db)
+    )
+    result = merge(db, fix.run_id, strategy)
+    assert result["fact_operaciones_ventas"] == {"inserted": 1, "updated": 1, "unchanged": 0}
+    assert result["dim_cliente"] == {"inserted": 1, "updated": 1, "unchanged": 0}
+    gate(db, fix.run_id)
+    assert scalar(
+        db, "select sales from staging.fact_operaciones_ventas where line_key = :k", k=f"{p}-L2"
+    ) == Decimal("10.5")
+    assert (
+        scalar(
+            db,
+            "select customer_name from staging.vw_operaciones_ventas where line_key = :k",
+            k=f"{p}-L1",
+        )
+        == "Ana María"
+    )
+    assert (
+        scalar(
+            db,
+            "select array_agg(cliente_key order by customer_id) "
+            "from staging.dim_cliente where customer_id like :p "
+            "and customer_id <> :c3",
+            p=f"{p}-%",
+            c3=f"{p}-C3",
+        )
+        == keys
+    )  # stable
+    assert (
+        scalar(
+            db,
+            "select count(*) from public.bulk_fact_operaciones_ventas where run_id like :p",
+            p=f"{p}-%",
+        )
+        == 0
+    )
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_duplicate_keys_in_transit_merge_once_the_latest_wins(db, strategy):
+    p = new_prefix()
+    run = Delivery(p, f"{p}-r1").line(1, quantity=1).line(1, quantity=7).load(db)
+    assert merge(db, run.run_id, strategy)["fact_operaciones_ventas"]["inserted"] == 1
+    assert (
+        scalar(
+            db,
+            "select quantity from staging.fact_operaciones_ventas where line_key = :k",
+            k=f"{p}-L1",
+        )
+        == 7
+    )
+
+
+def test_an_older_order_does_not_rename_a_product(db):
+    p = new_prefix()
+    Delivery(p, f"{p}-r1").line(1, product_name="Silla azul", order_date=dt.date(2024, 5, 1)).load(
+        db
+    )
+    merge(db, f"{p}-r1")
+    late = (
+        Delivery(p, f"{p}-r2")
+        .line(2, product_name="Silla vieja", order_date=dt.date(2024, 1, 1))
+        .load(db)
+    )
+    assert merge(db, late.run_id)["dim_inventario"] == {"inserted": 0, "updated": 0, "unchanged": 1}
+    newer = (
+        Delivery(p, f"{p}-r3")
+        .line(3, product_name="Silla azul marino", order_date=dt.date(2024, 6, 1))
+        .load(db)
+    )
+    assert merge(db, newer.run_id)["dim_inventario"]["updated"] == 1
+    assert (
+        scalar(
+            db, "select product_name from staging.dim_inventario where product_id = :p", p=f"{p}-P1"
+        )
+        == "Silla azul marino"
+    )
+
+
+def test_customer_in_several_cities_and_same_product_twice_in_an_order(db):
+    p = new_prefix()
+    run = (
+        Delivery(p, f"{p}-r1")
+        .line(1, city="Madrid")
+        .line(2, city="Sevilla")
+        .line(3, city="Bilbao", quantity=1)
+        .load(db)
+    )
+    merge(db, run.run_id)
+    gate(db, run.run_id)
+    assert (
+        scalar(db, "select count(*) from staging.dim_cliente where customer_id = :c", c=f"{p}-C1")
+        == 1
+    )
+    cities = scalar(
+        db,
+        "select array_agg(city order by line_key) from staging.vw_operaciones_ventas"
+        " where order_id = :o and product_id = :p",
+        o=f"{p}-O1",
+        p=f"{p}-P1",
+    )
+    assert cities == ["Madrid", "Sevilla", "Bilbao"]  # three lines, same order and product
+
+
+def test_scd2_keeps_history_and_points_facts_at_the_version_of_their_date(db):
+    p = new_prefix()
+    march, may = dt.date(2024, 3, 1), dt.date(2024, 5, 1)
+    first = Delivery(p, f"{p}-r1").line(1, order_date=march).line(2, order_date=may).load(db)
+    merge(db, first.run_id, scd_type=2)
+    rename = (
+        Delivery(p, f"{p}-r2")
+        .line(3, name="Ana Gómez", order_date=dt.date(2024, 4, 1))
+        .line(4, name="Ana Gómez", order_date=dt.date(2024, 6, 1))
+    )
+    rename.load(db)
+    assert merge(db, rename.run_id, scd_type=2)["dim_cliente"] == {
+        "inserted": 0,
+        "updated": 1,
+        "unchanged": 0,
+    }
+    gate(db, rename.run_id)
     with db.connect() as conn:
-        sales = conn.execute(
-            text("select sales from staging.fact_operaciones_ventas where line_key = 'T-2'")
-        ).scalar_one()
-        name = conn.execute(
-            text("select customer_name from staging.vw_operaciones_ventas where line_key = 'T-1'")
-        ).scalar_one()
-        left = conn.execute(
+        versions = conn.execute(
             text(
-                "select count(*) from public.bulk_fact_operaciones_ventas "
-                "where run_id in ('m1', 'm2', 'm3')"
-            )
-        ).scalar_one()
-    assert sales == Decimal("10.5")
-    assert name == "Ana María"
-    assert left == 0  # merged transit rows are removed
-
-
-def test_duplicate_keys_in_transit_merge_once_latest_wins(db):
-    load_run(db, "d1", [fact_row("T-D", "d1", quantity=1), fact_row("T-D", "d1", quantity=7)])
-    merge(db, "d1")
-    with db.connect() as conn:
-        qty = conn.execute(
-            text("select quantity from staging.fact_operaciones_ventas where line_key = 'T-D'")
-        ).scalar_one()
-    assert qty == 7
+                "select customer_name, valid_from, valid_to, is_current from staging.dim_cliente "
+                "where customer_id = :c order by valid_from"
+            ),
+            {"c": f"{p}-C1"},
+        ).all()
+        names = dict(
+            conn.execute(
+                text(
+                    "select line_key, customer_name from staging.vw_operaciones_ventas "
+                    "where order_id = :o"
+                ),
+                {"o": f"{p}-O1"},
+            ).all()
+        )
+    assert [(v[0], v[3]) for v in versions] == [("Ana", False), ("Ana Gómez", True)]
+    assert versions[0][2] == versions[1][1] == dt.date(2024, 4, 1)
+    # March keeps the old name; April and June (new lines) and May (already loaded, moved)
+    # point at the version valid on their date
+    assert names == {
+        f"{p}-L1": "Ana",
+        f"{p}-L2": "Ana Gómez",
+        f"{p}-L3": "Ana Gómez",
+        f"{p}-L4": "Ana Gómez",
+    }
+    rename.run_id = f"{p}-r3"
+    for f in rename.facts:
+        f["run_id"] = rename.run_id
+    rename.load(db)
+    assert merge(db, rename.run_id, scd_type=2)["dim_cliente"]["updated"] == 0  # re-run: no-op
 
 
 def test_failed_merge_rolls_back_everything_with_a_clear_message(db):
-    load_run(db, "f1", [fact_row("T-F1", "f1"), fact_row("T-F2", "f1", order_id=None)])
+    p = new_prefix()
+    run = Delivery(p, f"{p}-r1").line(1).line(2, order_id=None).load(db)
     with pytest.raises(
-        DBAPIError, match=r"sp_merge_operaciones_ventas\(f1\) failed, nothing was merged"
+        DBAPIError,
+        match=rf"sp_merge_operaciones_ventas\({p}-r1\) failed, "
+        "nothing was merged",
     ):
-        merge(db, "f1")
+        merge(db, run.run_id)
+    assert (
+        scalar(db, "select count(*) from staging.dim_cliente where customer_id like :p", p=f"{p}-%")
+        == 0
+    )  # the dimensions merged before the fact were rolled back
+    assert (
+        scalar(
+            db,
+            "select count(*) from public.bulk_fact_operaciones_ventas where run_id = :r",
+            r=run.run_id,
+        )
+        == 2
+    )  # kept: fix and merge again
+
+
+def test_publish_gate_names_the_failed_check_and_by_how_much(db):
+    p = new_prefix()
+    run = Delivery(p, f"{p}-r1").line(1).line(2).load(db)
+    merge(db, run.run_id)
     with db.connect() as conn:
-        inserted = conn.execute(
-            text("select count(*) from staging.fact_operaciones_ventas where line_key like 'T-F%'")
-        ).scalar_one()
-        waiting = conn.execute(
-            text("select count(*) from public.bulk_fact_operaciones_ventas where run_id = 'f1'")
-        ).scalar_one()
-    assert inserted == 0
-    assert waiting == 2  # nothing merged, nothing lost: the run can be fixed and merged again
+        conn.execute(
+            text(
+                "update staging.fact_operaciones_ventas set sales = sales + 1 where line_key = :k"
+            ),
+            {"k": f"{p}-L1"},
+        )
+        conn.commit()
+    with pytest.raises(
+        DBAPIError,
+        match=r"publish gate failed for run .*sum of sales in "
+        r"staging: 1915\.1550 expected, 1916\.1550 found \(1\.0000\)",
+    ):
+        gate(db, run.run_id)
+
+
+def test_two_runs_at_once_are_serialised(db):
+    p = new_prefix()
+    runs = [Delivery(p, f"{p}-r{i}").line(i, customer=f"C{i}").load(db) for i in range(4)]
+    errors: list[Exception] = []
+
+    def work(run_id: str) -> None:
+        try:
+            merge(db, run_id)
+            gate(db, run_id)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(r.run_id,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert (
+        scalar(
+            db,
+            "select count(*) from staging.fact_operaciones_ventas where line_key like :p",
+            p=f"{p}-%",
+        )
+        == 4
+    )
+    assert (
+        scalar(db, "select count(*) from staging.dim_inventario where product_id = :p", p=f"{p}-P1")
+        == 1
+    )
 
 
 def test_sql_is_reappliable(db):
     assert warehouse.apply_sql(db) == warehouse.apply_sql(db)
-    with db.connect() as conn:
-        unknown = conn.execute(
-            text("select count(*) from staging.dim_cliente where cliente_key = -1")
-        ).scalar_one()
-    assert unknown == 1
+    assert scalar(db, "select count(*) from staging.dim_cliente where cliente_key = -1") == 1

@@ -1,0 +1,18 @@
+-- One transit row per run and line key (the latest load wins: a later delivery corrects an
+-- earlier line), with the surrogate keys of its customer version and product resolved.
+-- A line whose customer or product is missing points at the unknown member (-1).
+create or replace view public.bulk_fact_operaciones_ventas_latest as
+select b.*,
+       coalesce(c.cliente_key, -1)    as cliente_key,
+       coalesce(i.inventario_key, -1) as inventario_key
+from (
+    select distinct on (run_id, line_key) *
+    from public.bulk_fact_operaciones_ventas
+    where line_key is not null
+    order by run_id, line_key, bulk_seq desc
+) as b
+left join staging.dim_cliente as c
+    on c.customer_id = b.customer_id
+   and b.order_date >= c.valid_from and b.order_date < c.valid_to
+left join staging.dim_inventario as i
+    on i.product_id = b.product_id;

@@ -1,0 +1,102 @@
+-- The publish gate, after the merge: is what staging now holds for this run right?
+-- * reconciliation: transit holds silver's lines and sum of sales of the run, and staging holds
+--   every line key of the run with the delivered sales (lines and sum);
+-- * keys: unique and not null natural keys in the dimensions, no fact of the run without its
+--   customer and product (the unknown member -1 counts as missing).
+-- A failing check raises an error naming the check and by how much; on success the run's
+-- transit rows are removed and the checks are recorded in audit.run_log (step 'publish').
+create or replace procedure staging.sp_publish_gate(p_run_id text)
+language plpgsql
+as $$
+declare
+    v_started   timestamptz := clock_timestamp();
+    v_failures  text[] := '{}';
+    v_checks    jsonb := '{}';
+    v_silver    record;
+    v_transit   record;
+    v_delivered record;
+    v_staged    record;
+    v_count     bigint;
+begin
+    select coalesce(sum(rows_out), 0) as lines,
+           coalesce(sum((details ->> 'sales_total')::numeric), 0) as sales
+    into v_silver
+    from audit.run_log where run_id = p_run_id and step = 'silver' and status = 'success';
+    select count(*) as lines, coalesce(sum(sales), 0) as sales
+    into v_transit
+    from public.bulk_fact_operaciones_ventas where run_id = p_run_id;
+    select count(*) as lines, coalesce(sum(sales), 0) as sales
+    into v_delivered
+    from public.bulk_fact_operaciones_ventas_latest where run_id = p_run_id;
+    select count(f.line_key) as lines, coalesce(sum(f.sales), 0) as sales
+    into v_staged
+    from public.bulk_fact_operaciones_ventas_latest as b
+    left join staging.fact_operaciones_ventas as f on f.line_key = b.line_key
+    where b.run_id = p_run_id;
+
+    v_checks := jsonb_build_object(
+        'silver_lines', v_silver.lines, 'silver_sales', v_silver.sales,
+        'transit_lines', v_transit.lines, 'transit_sales', v_transit.sales,
+        'delivered_line_keys', v_delivered.lines, 'staged_line_keys', v_staged.lines,
+        'delivered_sales', v_delivered.sales, 'staged_sales', v_staged.sales);
+    if v_transit.lines <> v_silver.lines then
+        v_failures := v_failures || format('lines silver -> transit: %s expected, %s found (%s)',
+            v_silver.lines, v_transit.lines, v_transit.lines - v_silver.lines);
+    end if;
+    if v_transit.sales <> v_silver.sales then
+        v_failures := v_failures || format('sum of sales silver -> transit: %s expected, %s found (%s)',
+            v_silver.sales, v_transit.sales, v_transit.sales - v_silver.sales);
+    end if;
+    if v_staged.lines <> v_delivered.lines then
+        v_failures := v_failures || format('line keys in staging: %s expected, %s found (%s)',
+            v_delivered.lines, v_staged.lines, v_staged.lines - v_delivered.lines);
+    end if;
+    if v_staged.sales <> v_delivered.sales then
+        v_failures := v_failures || format('sum of sales in staging: %s expected, %s found (%s)',
+            v_delivered.sales, v_staged.sales, v_staged.sales - v_delivered.sales);
+    end if;
+
+    select count(*) into v_count from (
+        select customer_id from staging.dim_cliente where is_current
+        group by customer_id having count(*) > 1) as d;
+    if v_count > 0 then
+        v_failures := v_failures || format('dim_cliente: %s customer ids with more than one current row', v_count);
+    end if;
+    select count(*) into v_count from (
+        select product_id from staging.dim_inventario group by product_id having count(*) > 1) as d;
+    if v_count > 0 then
+        v_failures := v_failures || format('dim_inventario: %s duplicated product ids', v_count);
+    end if;
+
+    select count(*) into v_count
+    from public.bulk_fact_operaciones_ventas_latest as b
+    join staging.fact_operaciones_ventas as f on f.line_key = b.line_key
+    left join staging.dim_cliente as c on c.cliente_key = f.cliente_key
+    left join staging.dim_inventario as i on i.inventario_key = f.inventario_key
+    where b.run_id = p_run_id
+      and (c.cliente_key is null or i.inventario_key is null
+           or f.cliente_key = -1 or f.inventario_key = -1);
+    v_checks := v_checks || jsonb_build_object('orphan_facts', v_count);
+    if v_count > 0 then
+        v_failures := v_failures || format('%s fact lines of the run without their customer or product', v_count);
+    end if;
+
+    if cardinality(v_failures) > 0 then
+        raise exception 'publish gate failed for run %: %', p_run_id,
+            array_to_string(v_failures, '; ')
+            using hint = 'the run''s transit rows are kept in public.bulk_* for inspection';
+    end if;
+
+    insert into audit.run_log as r (run_id, step, source, lines_in, rows_out, status, started_at,
+                                    finished_at, details)
+    values (p_run_id, 'publish', 'staging', v_delivered.lines, v_staged.lines, 'success',
+            v_started, clock_timestamp(), v_checks)
+    on conflict (run_id, step, source) do update set
+        lines_in = excluded.lines_in, rows_out = excluded.rows_out, status = excluded.status,
+        started_at = excluded.started_at, finished_at = excluded.finished_at,
+        details = excluded.details;
+    delete from public.bulk_fact_operaciones_ventas where run_id = p_run_id;
+    delete from public.bulk_dim_cliente where run_id = p_run_id;
+    delete from public.bulk_dim_inventario where run_id = p_run_id;
+end;
+$$;

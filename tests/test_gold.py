@@ -1,0 +1,102 @@
+"""Gold dimensions: one row per natural key, chosen the same way on every run."""
+
+import datetime as dt
+
+import pandas as pd
+
+from medallion.gold import DIM_CLIENTE, DIM_INVENTARIO, DimensionBuilder
+
+
+def batch(rows):
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "product_id",
+            "product_name",
+            "category",
+            "sub_category",
+            "customer_id",
+            "customer_name",
+            "segment",
+            "order_date",
+        ],
+    )
+
+
+def test_same_product_with_two_names_latest_order_wins_across_batches():
+    builder = DimensionBuilder(DIM_INVENTARIO)
+    builder.add(
+        batch(
+            [
+                [
+                    "P1",
+                    "Silla nueva",
+                    "Muebles",
+                    "Sillas",
+                    "C1",
+                    "Ana",
+                    "Consumo",
+                    dt.date(2024, 5, 1),
+                ],
+                ["P2", "Mesa", "Muebles", "Mesas", "C1", "Ana", "Consumo", dt.date(2024, 1, 1)],
+            ]
+        ),
+        0,
+    )
+    builder.add(
+        batch(
+            [
+                [
+                    "P1",
+                    "Silla vieja",
+                    "Muebles",
+                    "Sillas",
+                    "C1",
+                    "Ana",
+                    "Consumo",
+                    dt.date(2024, 2, 1),
+                ],
+                ["P2", "Mesa", "Muebles", "Mesas", "C1", "Ana", "Consumo", dt.date(2024, 1, 1)],
+            ]
+        ),
+        2,
+    )
+    result = builder.result("r1").set_index("product_id")
+    assert list(result.index) == ["P1", "P2"]
+    assert result.loc["P1", "product_name"] == "Silla nueva"
+    assert builder.conflicts == 1
+
+
+def test_same_date_the_later_line_wins():
+    builder = DimensionBuilder(DIM_CLIENTE)
+    day = dt.date(2024, 3, 1)
+    builder.add(
+        batch(
+            [
+                ["P1", "x", "c", "s", "C1", "Ana", "Consumo", day],
+                ["P1", "x", "c", "s", "C1", "Ana María", "Consumo", day],
+            ]
+        ),
+        0,
+    )
+    assert builder.result("r1").loc[0, "customer_name"] == "Ana María"
+
+
+def test_first_order_date_is_where_the_winning_attributes_start():
+    builder = DimensionBuilder(DIM_CLIENTE)
+    builder.add(
+        batch(
+            [
+                ["P1", "x", "c", "s", "C1", "Ana", "Consumo", dt.date(2024, 1, 1)],
+                ["P1", "x", "c", "s", "C1", "Ana Gómez", "Consumo", dt.date(2024, 4, 1)],
+                ["P1", "x", "c", "s", "C1", "Ana Gómez", "Consumo", dt.date(2024, 6, 1)],
+            ]
+        ),
+        0,
+    )
+    row = builder.result("r1").iloc[0]
+    assert (row["customer_name"], row["first_order_date"], row["last_order_date"]) == (
+        "Ana Gómez",
+        dt.date(2024, 4, 1),
+        dt.date(2024, 6, 1),
+    )
