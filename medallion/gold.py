@@ -71,7 +71,8 @@ def gold_key(table: str, run_id: str) -> str:
 
 
 class DimensionBuilder:
-    """One row per natural key, built batch by batch.
+    """One row per natural key, built batch by batch (Arrow group-bys, bounded by the number of
+    distinct keys, not by the size of the delivery).
 
     Every distinct set of attributes of a key is a variant (first and last order date, last
     line). The winner is the variant of the latest order, then of the later line, so the choice
@@ -81,37 +82,41 @@ class DimensionBuilder:
     def __init__(self, dim: Dimension):
         self.dim = dim
         self.group = [dim.natural_key, *dim.attributes]
-        self.variants = pd.DataFrame(
-            columns=[*self.group, "first_order_date", "last_order_date", "_seq"]
+        self.variants: pa.Table | None = None
+
+    def _reduce(self, table: pa.Table, first: str, last: str, seq: str) -> pa.Table:
+        out = table.group_by(self.group, use_threads=False).aggregate(
+            [(first, "min"), (last, "max"), (seq, "max")]
+        )
+        return out.select(
+            [*self.group, f"{first}_min", f"{last}_max", f"{seq}_max"]
+        ).rename_columns([*self.group, "first_order_date", "last_order_date", "_seq"])
+
+    def add(self, batch: pa.RecordBatch, first_seq: int) -> None:
+        part = pa.Table.from_batches([batch]).select([*self.group, "order_date"])
+        part = part.append_column(
+            "_seq", pa.array(range(first_seq, first_seq + len(part)), pa.int64())
+        )
+        part = self._reduce(part, "order_date", "order_date", "_seq")
+        both = [self.variants, part] if self.variants is not None else [part]
+        self.variants = self._reduce(
+            pa.concat_tables(both), "first_order_date", "last_order_date", "_seq"
         )
 
-    def add(self, batch: pd.DataFrame, first_seq: int) -> None:
-        part = batch[[*self.group, "order_date"]].assign(
-            _seq=range(first_seq, first_seq + len(batch))
-        )
-        part = part.groupby(self.group, dropna=False, as_index=False).agg(
-            first_order_date=("order_date", "min"),
-            last_order_date=("order_date", "max"),
-            _seq=("_seq", "max"),
-        )
-        both = [self.variants, part] if len(self.variants) else [part]
-        self.variants = (
-            pd.concat(both, ignore_index=True)
-            .groupby(self.group, dropna=False, as_index=False)
-            .agg(
-                first_order_date=("first_order_date", "min"),
-                last_order_date=("last_order_date", "max"),
-                _seq=("_seq", "max"),
+    def _frame(self) -> pd.DataFrame:
+        if self.variants is None:
+            return pd.DataFrame(
+                columns=[*self.group, "first_order_date", "last_order_date", "_seq"]
             )
-        )
+        return self.variants.to_pandas()
 
     @property
     def conflicts(self) -> int:
         """Natural keys delivered with more than one set of attributes in this run."""
-        return int((self.variants[self.dim.natural_key].value_counts() > 1).sum())
+        return int((self._frame()[self.dim.natural_key].value_counts() > 1).sum())
 
     def result(self, run_id: str) -> pd.DataFrame:
-        ordered = self.variants.sort_values(
+        ordered = self._frame().sort_values(
             [self.dim.natural_key, "last_order_date", "_seq"], kind="stable"
         )
         winners = ordered.drop_duplicates(self.dim.natural_key, keep="last")
@@ -143,10 +148,9 @@ def build_gold(
         for key in silver_objects:
             for batch in storage.iter_parquet_batches(client, silver_bucket, key, batch_size):
                 fact.write(pa.Table.from_batches([batch]).select(FACT_COLUMNS))
-                frame = batch.to_pandas()
                 for builder in builders.values():
-                    builder.add(frame, seq)
-                seq += len(frame)
+                    builder.add(batch, seq)
+                seq += batch.num_rows
     counts = {"fact_operaciones_ventas": fact.rows}
     for dim in DIMENSIONS:
         table = pa.Table.from_pandas(

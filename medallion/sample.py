@@ -421,7 +421,9 @@ def write_generated(
     )
     expected = Expected()
     rules = BAD_RULES if fmt == "csv" else JSON_BAD_RULES
-    lines = _with_bad_lines(gen.lines(rows), rules, bad_every)
+    # Row ids (the line key) and order ids far from the committed sample's, so that a
+    # generated delivery never overwrites the sample's lines in the warehouse.
+    lines = _with_bad_lines(gen.lines(rows, first_row_id=10_000_000 * seed), rules, bad_every)
     path = out / f"ventas_{rows}.{'csv' if fmt == 'csv' else 'jsonl'}"
     if fmt == "csv":
         write_csv(path, lines, expected)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from psycopg2 import sql
 from sqlalchemy import Connection as SAConnection
 from sqlalchemy import Engine, create_engine, text
@@ -75,44 +75,26 @@ def apply_sql(eng: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
 # --------------------------------------------------------------------------- COPY loading
 
 
-def _copy_text(value: Any) -> str:
-    """One value in PostgreSQL's COPY text format (\\N is NULL; specials escaped)."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return r"\N"
-    if isinstance(value, float) and math.isnan(value):
-        return r"\N"
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, datetime | date | pd.Timestamp):
-        return value.isoformat()
-    return (
-        str(value)
-        .replace("\\", "\\\\")
-        .replace("\t", "\\t")
-        .replace("\n", "\\n")
-        .replace("\r", "\\r")
-    )
-
-
 def copy_method(table: Any, conn: Any, keys: list[str], data_iter: Iterable[tuple]) -> int:
-    """``DataFrame.to_sql(method=copy_method)``: stream the rows with COPY instead of INSERTs.
+    """``DataFrame.to_sql(method=copy_method)``: one COPY per call instead of INSERTs.
 
-    The callable pandas documents for ``method=``: it receives each chunk's rows in
-    ``data_iter`` (so it is safe with ``chunksize``) and writes them with one COPY per chunk.
+    It writes ``table.frame`` as CSV with Arrow (strings quoted, NULL unquoted, decimals and
+    dates as text) and streams it to ``COPY ... FROM STDIN``. Because it reads the whole frame,
+    it must not be combined with ``chunksize`` (pandas would call it once per chunk); it checks
+    that the rows pandas hands it are the whole frame and refuses otherwise.
     """
-    buffer = io.StringIO()
-    rows = 0
-    for row in data_iter:
-        buffer.write("\t".join(_copy_text(v) for v in row))
-        buffer.write("\n")
-        rows += 1
+    frame = table.frame
+    rows = sum(1 for _ in data_iter)
+    if rows != len(frame):
+        raise ValueError("copy_method writes the whole frame: call to_sql without chunksize")
+    arrow = pa.Table.from_pandas(frame[keys], preserve_index=False)
+    buffer = io.BytesIO()
+    pacsv.write_csv(arrow, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
     buffer.seek(0)
     target = (
         sql.Identifier(table.schema, table.name) if table.schema else sql.Identifier(table.name)
     )
-    statement = sql.SQL("copy {} ({}) from stdin with (format text)").format(
+    statement = sql.SQL("copy {} ({}) from stdin with (format csv)").format(
         target, sql.SQL(", ").join(map(sql.Identifier, keys))
     )
     dbapi = conn.connection.driver_connection

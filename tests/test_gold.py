@@ -3,24 +3,25 @@
 import datetime as dt
 
 import pandas as pd
+import pyarrow as pa
 
 from medallion.gold import DIM_CLIENTE, DIM_INVENTARIO, DimensionBuilder
 
 
+COLUMNS = [
+    "product_id",
+    "product_name",
+    "category",
+    "sub_category",
+    "customer_id",
+    "customer_name",
+    "segment",
+    "order_date",
+]
+
+
 def batch(rows):
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "product_id",
-            "product_name",
-            "category",
-            "sub_category",
-            "customer_id",
-            "customer_name",
-            "segment",
-            "order_date",
-        ],
-    )
+    return pa.RecordBatch.from_pandas(pd.DataFrame(rows, columns=COLUMNS), preserve_index=False)
 
 
 def test_same_product_with_two_names_latest_order_wins_across_batches():
