@@ -7,7 +7,6 @@ import pyarrow as pa
 
 from medallion.gold import DIM_CLIENTE, DIM_INVENTARIO, DimensionBuilder
 
-
 COLUMNS = [
     "product_id",
     "product_name",
