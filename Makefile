@@ -6,11 +6,11 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 INPUT ?=
-ROWS ?= 100000
+ROWS ?= 1000000
 PARAMS_ENV ?= local
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run services stop status bootstrap lab test test-fast lint format sample sample-committed notebooks clean
+.PHONY: help venv run services stop status bootstrap lab test test-fast lint format sample sample-committed notebooks bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ notebooks: $(STAMP) ## Re-execute notebooks/ and store the outputs nbval checks
 
 sample-committed: $(STAMP) ## Regenerate the committed sample in data/sample/
 	$(PY) -m medallion.sample --committed
+
+bench: $(STAMP) ## Benchmark ROWS lines (default 1M): per step, psql \copy ceiling, naive way, incremental
+	$(PY) -m medallion.bench --rows $(ROWS)
 
 clean: stop ## Stop services and remove local state (.local/, outputs/)
 	rm -rf .local outputs/*/

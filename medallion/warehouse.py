@@ -175,6 +175,34 @@ def log_step(
         )
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (the kernel's, in a notebook)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def log_metrics(eng: Engine, run_id: str, step: str, started_at: datetime) -> dict[str, float]:
+    """Record a step's wall time and peak RSS in ``audit.step_metrics``; returns them."""
+    metrics = {
+        "wall_seconds": round((datetime.now(started_at.tzinfo) - started_at).total_seconds(), 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    with transaction(eng) as conn:
+        conn.execute(
+            text(
+                """
+                insert into audit.step_metrics (run_id, step, wall_seconds, peak_rss_mb)
+                values (:run_id, :step, :wall_seconds, :peak_rss_mb)
+                on conflict (run_id, step) do update set wall_seconds = excluded.wall_seconds,
+                    peak_rss_mb = excluded.peak_rss_mb, recorded_at = now()
+                """
+            ),
+            {"run_id": run_id, "step": step, **metrics},
+        )
+    return metrics
+
+
 def run_log(eng: Engine, run_id: str) -> pd.DataFrame:
     with eng.connect() as conn:
         return pd.read_sql(
