@@ -439,7 +439,10 @@ _CURRENCY = re.compile(r"^[€$]|[€$]$|^(EUR|USD|MXN|COP|ARS|CLP|PEN)\s*|\s*(E
 
 def strip_amount(values: pd.Series) -> pd.Series:
     """'€ 1.234,50' -> '1.234,50': currency symbols and (thin) spaces are presentation."""
-    return values.str.replace(_CURRENCY, "", regex=True).str.replace(_SPACES, "", regex=True)
+    # Pattern strings (not compiled objects) keep pandas on Arrow's vectorised regex engine.
+    return values.str.replace(_CURRENCY.pattern, "", regex=True).str.replace(
+        _SPACES.pattern, "", regex=True
+    )
 
 
 def detect_decimal(values: pd.Series, default: str) -> tuple[str, str | None, str | None]:

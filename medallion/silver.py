@@ -157,7 +157,8 @@ def to_arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
         if pa.types.is_decimal(f.type):
             arrays.append(pa.array(values, type=pa.string()).cast(f.type))
         elif pa.types.is_string(f.type):
-            arrays.append(pa.array(values.map(lambda v: v if v is None else str(v)), type=f.type))
+            text = frame[f.name].astype("string") if f.name in frame else values
+            arrays.append(pa.array(text.to_numpy(dtype=object, na_value=None), type=f.type))
         else:
             arrays.append(pa.array(values, type=f.type, from_pandas=True))
     return pa.Table.from_arrays(arrays, schema=schema)
