@@ -433,8 +433,9 @@ def read_chunks(
 # --------------------------------------------------------------------------- values
 
 
-_SPACES = re.compile(r"[\s\u00a0\u202f]")
-_CURRENCY = re.compile(r"^[€$]|[€$]$|^(EUR|USD|MXN|COP|ARS|CLP|PEN)\s*|\s*(EUR|USD)$")
+# Explicit characters, no \s and no \u escapes: that keeps pandas on Arrow's RE2 engine.
+_SPACES = re.compile("[ \t\u00a0\u202f]")
+_CURRENCY = re.compile(r"^[€$]|[€$]$|^(EUR|USD|MXN|COP|ARS|CLP|PEN) *| *(EUR|USD)$")
 
 
 def strip_amount(values: pd.Series) -> pd.Series:
@@ -493,8 +494,11 @@ def normalize_amount(values: pd.Series, decimal: str) -> tuple[pd.Series, pd.Ser
     canonical = cleaned.str.replace(thousands, "", regex=False)
     if decimal == ",":
         canonical = canonical.str.replace(",", ".", regex=False)
-    canonical = canonical.str.replace(r"^\+", "", regex=True).str.replace(
-        r"^(-?)\.", r"\g<1>0.", regex=True
+    # no back-references in the replacements: they keep pandas on Arrow's regex engine
+    canonical = (
+        canonical.str.replace(r"^\+", "", regex=True)
+        .str.replace(r"^\.", "0.", regex=True)
+        .str.replace(r"^-\.", "-0.", regex=True)
     )
     return canonical.where(valid), valid
 
