@@ -16,11 +16,12 @@ def test_corpus_is_large_enough():
     assert len({c.name for c in CASES}) == len(CASES)
 
 
-def run_silver(s3, params, tmp_path, name: str, data: bytes):
+def deliver(s3, params, tmp_path, name: str, data: bytes):
+    """Write the file, ingest it to bronze, and return (delivery, a call that cleans it)."""
     path = tmp_path / name
     path.write_bytes(data)
     delivery = bronze.ingest_file(s3, params["bronze_bucket"], path)
-    report = silver.clean_file(
+    return delivery, lambda: silver.clean_file(
         s3,
         params["bronze_bucket"],
         delivery.key,
@@ -29,6 +30,11 @@ def run_silver(s3, params, tmp_path, name: str, data: bytes):
         CONTRACT,
         batch_size=4,
     )
+
+
+def run_silver(s3, params, tmp_path, name: str, data: bytes):
+    delivery, clean = deliver(s3, params, tmp_path, name, data)
+    report = clean()
     rows = (
         storage.read_parquet(s3, params["silver_bucket"], report.silver_key).to_pylist()
         if report.silver_key
@@ -45,19 +51,9 @@ def run_silver(s3, params, tmp_path, name: str, data: bytes):
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_corpus_file(case, s3, params, tmp_path):
     if case.fails:
-        path = tmp_path / case.name
-        path.write_bytes(case.build())
-        delivery = bronze.ingest_file(s3, params["bronze_bucket"], path)
+        delivery, clean = deliver(s3, params, tmp_path, case.name, case.build())
         with pytest.raises(silver.InputFileError, match=case.fails) as err:
-            silver.clean_file(
-                s3,
-                params["bronze_bucket"],
-                delivery.key,
-                params["silver_bucket"],
-                "corpus",
-                CONTRACT,
-                batch_size=4,
-            )
+            clean()
         assert case.name in str(err.value)  # the message names the file
         for key in silver.silver_keys(delivery.key):  # nothing of it reached silver
             assert not storage.object_exists(s3, params["silver_bucket"], key)
