@@ -14,7 +14,6 @@ import yaml
 from medallion.settings import PARAMS_DIR
 
 DECIMAL_PRECISION = 18
-LINEAGE_COLUMNS = ["line_key", "source_object", "source_line", "run_id"]
 
 
 @dataclass(frozen=True)
