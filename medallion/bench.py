@@ -198,11 +198,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    if not all(
-        os.environ.get(v) for v in ("AIRFLOW_CONN_MINIO_DEFAULT", "AIRFLOW_CONN_POSTGRES_DEFAULT")
-    ):
-        services.start()
-        os.environ.update(services.connection_env())
+    services.use_services()
     params = load_params("local")
     from medallion.cli import bootstrap
 

@@ -14,18 +14,9 @@ import time
 
 from medallion import services, storage, warehouse
 from medallion.runs import airflow_env, notebook_errors, run_dag, summary
-from medallion.settings import LOCAL_DIR, OUTPUTS_DIR, env_var_name, load_params, run_slug
+from medallion.settings import LOCAL_DIR, OUTPUTS_DIR, load_params, run_slug
 
-EXTERNAL = (env_var_name("minio_default"), env_var_name("postgres_default"))
-
-
-def use_services() -> str:
-    """External services when both AIRFLOW_CONN_* are set; otherwise the embedded ones."""
-    if all(os.environ.get(name) for name in EXTERNAL):
-        return "external (AIRFLOW_CONN_MINIO_DEFAULT, AIRFLOW_CONN_POSTGRES_DEFAULT)"
-    state = services.start()
-    os.environ.update(services.connection_env())
-    return f"embedded (S3: {state['s3']}, PostgreSQL: {state['postgres']})"
+use_services = services.use_services
 
 
 def bootstrap(params_env: str) -> None:
@@ -110,7 +101,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def cmd_env(args: argparse.Namespace) -> int:
     """Print shell exports of the connections (for `make lab` or a terminal)."""
     use_services()
-    for name in EXTERNAL:
+    for name in services.CONNECTION_VARS:
         print(f"export {name}='{os.environ[name]}'")
     return 0
 

@@ -365,3 +365,16 @@ def status() -> dict[str, str]:
         "s3": "running" if _read_pid(PATHS.s3_pid) and _port_open(S3_PORT) else "stopped",
         "postgres": "running" if _pg_running() else "stopped",
     }
+
+
+CONNECTION_VARS = (env_var_name("minio_default"), env_var_name("postgres_default"))
+
+
+def use_services() -> str:
+    """External services when both AIRFLOW_CONN_* are set; otherwise start (or reuse) the
+    embedded ones and point the connection variables of this process at them."""
+    if all(os.environ.get(name) for name in CONNECTION_VARS):
+        return "external (AIRFLOW_CONN_MINIO_DEFAULT, AIRFLOW_CONN_POSTGRES_DEFAULT)"
+    state = start()
+    os.environ.update(connection_env())
+    return f"embedded (S3: {state['s3']}, PostgreSQL: {state['postgres']})"

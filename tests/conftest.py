@@ -52,9 +52,7 @@ def _fresh_database(conn: Connection) -> Connection:
 def pytest_configure(config: pytest.Config) -> None:
     if config.option.collectonly or os.environ.get("MEDALLION_TEST_SERVICES_READY"):
         return
-    if not all(os.environ.get(env_var_name(c)) for c in ("minio_default", "postgres_default")):
-        services.start()
-        os.environ.update(services.connection_env())
+    services.use_services()
     test_db = _fresh_database(get_connection("postgres_default"))
     os.environ[env_var_name("postgres_default")] = _uri(test_db)
     params = load_params("local")
