@@ -7,7 +7,7 @@ On the same data and services it measures:
   time and the peak RSS of the step's kernel (audit.step_metrics), rows/s and MB/s;
 * the fixed cost of a run: the same DAG on a 100-line file;
 * the ceiling: `psql \\copy` of the same fact rows from CSV into an unindexed copy of the
-  transit table;
+  transit table (unlogged like it);
 * the naive way (the seed's): whole file in memory with pandas, default `to_sql`, on a slice
   (scaled to the full size and labelled so);
 * an incremental run: a 10k-line delivery onto the warehouse that now holds the big load.
@@ -112,8 +112,12 @@ def ceiling(eng, run_id: str, params: dict) -> dict:
         with warehouse.transaction(eng) as conn:
             conn.exec_driver_sql("create schema if not exists bench")
             conn.exec_driver_sql("drop table if exists bench.copy_ceiling")
+            persistence = conn.exec_driver_sql(  # unlogged like the transit table, if it is
+                "select case relpersistence when 'u' then 'unlogged' else '' end from pg_class "
+                "where oid = 'public.bulk_fact_operaciones_ventas'::regclass"
+            ).scalar_one()
             conn.exec_driver_sql(
-                "create table bench.copy_ceiling as "
+                f"create {persistence} table bench.copy_ceiling as "
                 "select * from public.bulk_fact_operaciones_ventas with no data"
             )
         conn_info = get_connection(params["postgres_conn_id"])

@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from medallion.contract import Contract
 
@@ -210,7 +214,180 @@ def read_csv(
         stream.close()
         raise
     first_data_line = len(tap.take()) + 1  # blank lines above the header count too
+    if _byte_lines(fmt.encoding) and header_lines[0].endswith("\n"):
+        stream.close()
+        return _csv_blocks(path, fmt, contract, source, batch_size, first_data_line)
     return _csv_records(stream, tap, fmt, contract, source, batch_size, first_data_line)
+
+
+# --------------------------------------------------------------------------- CSV, fast path
+
+_CSV_BLOCK = 16 << 20  # bytes handed to Arrow's CSV parser at once
+
+
+def _byte_lines(encoding: str) -> bool:
+    """Encodings where a line ends at byte 0x0A and ASCII is ASCII (UTF-8, cp1252, latin-1):
+    blocks can be cut at newlines in bytes, and Arrow can parse their UTF-8 text."""
+    try:
+        return 'a;,\t|"\r\n'.encode(encoding).lstrip(codecs.BOM_UTF8) == b'a;,\t|"\r\n'
+    except (LookupError, UnicodeError):
+        return False
+
+
+class _Prefixed(io.RawIOBase):
+    """Bytes already read, then the rest of a stream: lets the careful reader take over."""
+
+    def __init__(self, prefix: bytes, rest: IO[bytes]):
+        self._prefix, self._rest = memoryview(prefix), rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if len(self._prefix):
+            n = min(len(buffer), len(self._prefix))
+            buffer[:n], self._prefix = self._prefix[:n], self._prefix[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._rest.close()
+        super().close()
+
+
+def _csv_blocks(
+    path: Path,
+    fmt: SourceFormat,
+    contract: Contract,
+    source: str,
+    batch_size: int,
+    line_no: int,
+) -> Iterator[pd.DataFrame]:
+    """Blocks of whole lines parsed by Arrow (C++), each record with its line number and raw
+    text. A block where a quoted field may span lines (an odd number of quotes on a line)
+    hands the rest of the file to the line-by-line reader, which resolves it exactly."""
+    fh = open_binary(path)
+    for _ in range(line_no - 1):
+        fh.readline()
+    carry = b""
+    try:
+        while True:
+            data = fh.read(_CSV_BLOCK)
+            block, carry = carry + data, b""
+            if data:
+                cut = block.rfind(b"\n") + 1
+                if cut == 0:  # one line longer than a block: read on
+                    carry = block
+                    continue
+                block, carry = block[:cut], block[cut:]
+            if not block:
+                break
+            parsed = _parse_block(block, fmt, source, line_no)
+            if parsed is None:
+                rest = io.BufferedReader(_Prefixed(block + carry, fh))
+                stream = io.TextIOWrapper(rest, encoding=fmt.encoding, newline="")
+                yield from _csv_records(
+                    stream, _LineTap(stream), fmt, contract, source, batch_size, line_no
+                )
+                return
+            frame, other, lines = parsed
+            line_no += lines
+            for start in range(0, len(frame), batch_size):
+                yield frame.iloc[start : start + batch_size].reset_index(drop=True)
+            if len(other):  # blank and malformed lines of the block, as their own chunk
+                yield other
+            if not data:
+                break
+    finally:
+        fh.close()
+
+
+_ARROW_STRINGS = {
+    pa.string(): pd.StringDtype("pyarrow"),
+    pa.large_string(): pd.StringDtype("pyarrow"),
+}
+
+
+def _parse_block(
+    block: bytes, fmt: SourceFormat, source: str, first_line: int
+) -> tuple[pd.DataFrame, pd.DataFrame, int] | None:
+    """(records of the block, its blank and malformed lines, physical lines in it), or None
+    when a quoted field may span lines, which only the line-by-line reader can resolve."""
+    try:
+        text = block.decode(fmt.encoding)
+    except UnicodeDecodeError as err:
+        raise InputFileError(
+            f"{source}: not valid {fmt.encoding} text after line {first_line} ({err.reason})."
+        ) from err
+    lines = pc.list_flatten(pc.split_pattern(pa.array([text], pa.large_string()), "\n"))
+    if text.endswith("\n"):
+        lines = lines.slice(0, len(lines) - 1)
+    if pc.any(pc.equal(pc.bit_wise_and(pc.count_substring(lines, '"'), 1), 1)).as_py():
+        return None
+    width = len(fmt.headers)
+    names = [str(i) for i in range(width)]
+    invalid: dict[int, int] = {}
+
+    def skip(row) -> str:
+        invalid[row.number - 1] = row.actual_columns
+        return "skip"
+
+    utf8 = block if fmt.encoding in ("utf-8", "utf-8-sig") else text.encode()
+    table = pacsv.read_csv(
+        io.BytesIO(utf8),
+        read_options=pacsv.ReadOptions(
+            column_names=names, use_threads=False, block_size=len(utf8) + 1
+        ),
+        parse_options=pacsv.ParseOptions(
+            delimiter=fmt.delimiter, ignore_empty_lines=False, invalid_row_handler=skip
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in names},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    n = len(lines)
+    if table.num_rows + len(invalid) != n:
+        return None
+    raw = pc.utf8_rtrim(lines, characters="\r").cast(pa.string())
+    line_numbers = np.arange(first_line, first_line + n, dtype=np.int64)
+    parsed = np.ones(n, dtype=bool)
+    parsed[list(invalid)] = False
+    blank = pc.equal(raw, "").to_numpy(zero_copy_only=False)
+    record = ~blank[parsed]  # rows of `table` that are records, not blank lines
+    rows = table.filter(pa.array(record)) if not record.all() else table
+    positions = {c: fmt.headers.index(h) for h, c in fmt.mapping.items()}
+    frame = pa.table(
+        {c: rows.column(i) for c, i in positions.items()}
+        | {
+            "source_line": line_numbers[parsed][record],
+            "raw_record": raw.filter(pa.array(parsed & ~blank)),
+        }
+    ).to_pandas(types_mapper=_ARROW_STRINGS.get)
+    extra = [(h, i) for i, h in enumerate(fmt.headers) if h in fmt.extra_columns]
+    if extra:
+        values = [rows.column(i).to_pylist() for _, i in extra]
+        frame["extra_attributes"] = [
+            json.dumps(dict(zip([h for h, _ in extra], row, strict=True)), ensure_ascii=False)
+            for row in zip(*values, strict=True)
+        ]
+    other = [
+        {"source_line": int(line_numbers[i]), "blank": True} for i in np.flatnonzero(blank)
+    ] + [
+        {
+            "source_line": int(line_numbers[i]),
+            "raw_record": raw[i].as_py(),
+            "parse_error": f"wrong number of fields: expected {width}, found {found}",
+        }
+        for i, found in invalid.items()
+    ]
+    return frame, pd.DataFrame(other), n
+
+
+# --------------------------------------------------------------------------- CSV, line by line
 
 
 class _CsvChunk:
@@ -512,6 +689,18 @@ def detect_decimal(values: pd.Series, default: str) -> tuple[str, str | None, st
 
 def normalize_amount(values: pd.Series, decimal: str) -> tuple[pd.Series, pd.Series]:
     """Amounts as canonical text ('1234.50'); returns (text, is_valid)."""
+    if decimal == ".":  # most values are canonical already: only the others are rewritten
+        plain = values.str.fullmatch(r"-?\d+(?:\.\d+)?").fillna(False).astype(bool)
+        if plain.all() or not (~plain & values.notna()).any():
+            return values.where(plain), plain
+        text, valid = _normalize_amount(values[~plain], decimal)
+        return values.where(plain).fillna(text), plain | valid.reindex(
+            values.index, fill_value=False
+        )
+    return _normalize_amount(values, decimal)
+
+
+def _normalize_amount(values: pd.Series, decimal: str) -> tuple[pd.Series, pd.Series]:
     thousands = "." if decimal == "," else ","
     t, d = re.escape(thousands), re.escape(decimal)
     pattern = rf"^[+-]?(?:\d{{1,3}}(?:{t}\d{{3}})+|\d+)?(?:{d}\d+)?$"
@@ -539,6 +728,7 @@ def detect_date_format(values: pd.Series, day_first: bool) -> tuple[str, str | N
     """'iso', 'dd/mm/yyyy' or 'mm/dd/yyyy' from the data: a first part above 12 proves day
     first, a second part above 12 proves month first. Returns (format, note)."""
     v = values.dropna().str.strip()
+    v = v[~v.str.match(r"\d{4}").fillna(False)]  # ISO dates say nothing about day and month
     parts = v.str.extract(_SLASHED)
     slashed = parts[0].notna()
     if not slashed.any():

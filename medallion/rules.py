@@ -57,7 +57,7 @@ def _checks(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat, structura
             f"invalid date in {col.name}",
             (chunk[col.name].notna() & dates[col.name].isna()),
         )
-        chunk[col.name] = dates[col.name].dt.date.astype(object).where(dates[col.name].notna())
+        chunk[col.name] = dates[col.name]  # datetime64; written to silver as date32
     if {"order_date", "ship_date"} <= dates.keys():
         yield (
             "ship_before_order",
@@ -69,7 +69,8 @@ def _checks(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat, structura
     for col in (c for c in contract.columns.values() if c.type == "decimal"):
         text, valid = normalize_amount(chunk[col.name], fmt.decimal_separator)
         yield "not_a_number", f"{col.name} is not a number", chunk[col.name].notna() & ~valid
-        decimals = text.str.extract(r"\.(\d*)$", expand=False).str.len().fillna(0)
+        point = text.str.find(".")  # canonical text: at most one point
+        decimals = (text.str.len() - point - 1).where(point >= 0, 0).fillna(0)
         yield (
             "too_many_decimals",
             f"{col.name} has more than {col.scale} decimal places",
@@ -132,8 +133,10 @@ def apply_rules(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat) -> Ve
 
 
 def _append(messages: pd.Series, mask: pd.Series, message: str) -> pd.Series:
-    joined = messages.mask(mask & (messages != ""), messages + "; " + message)
-    return joined.mask(mask & (messages == ""), message)
+    current = messages[mask]  # only the rows that fail the rule (few) are touched
+    messages = messages.copy()
+    messages[mask] = (current + "; " + message).mask(current == "", message)
+    return messages
 
 
 def _count(verdict: Verdict, severity: str, rule: str, mask: pd.Series, chunk: pd.DataFrame):

@@ -1,6 +1,6 @@
 -- Transit table for gold fact_operaciones_ventas: natural keys only; the merge resolves the
 -- surrogate keys of the dimensions. Amounts are numeric, never float.
-create table if not exists public.bulk_fact_operaciones_ventas (
+create unlogged table if not exists public.bulk_fact_operaciones_ventas (
     line_key      text,
     row_id        text,
     order_id      text,
@@ -24,3 +24,6 @@ create table if not exists public.bulk_fact_operaciones_ventas (
     bulk_seq      bigint generated always as identity,
     loaded_at     timestamptz not null default now()
 );
+
+-- Transit rows are a copy of gold, reloaded by a retry: no WAL needed (existing tables too).
+alter table public.bulk_fact_operaciones_ventas set unlogged;

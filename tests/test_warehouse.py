@@ -9,6 +9,7 @@ import uuid
 from decimal import Decimal
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -168,6 +169,56 @@ def test_copy_method_round_trips_awkward_values(db):
         Decimal("-3"),
     ]
     assert back[2][2] == dt.date(2024, 2, 29)
+
+
+def test_copy_method_refuses_chunksize_and_nothing_is_loaded(db):
+    frame = pd.DataFrame({"line_key": ["a", "b", "c"], "run_id": ["chunk-test"] * 3})
+    with pytest.raises(ValueError, match="without chunksize"):
+        with warehouse.transaction(db) as conn:
+            frame.to_sql(
+                "bulk_fact_operaciones_ventas",
+                conn,
+                schema="public",
+                if_exists="append",
+                index=False,
+                chunksize=2,
+                method=warehouse.copy_method,
+            )
+    rows = scalar(
+        db, "select count(*) from public.bulk_fact_operaciones_ventas where run_id = 'chunk-test'"
+    )
+    assert rows == 0
+
+
+def test_transit_frame_keeps_values_and_loads_them(db):
+    batch = pa.record_batch(
+        {
+            "line_key": pa.array(["k1", "k2", None]),
+            "order_date": pa.array([dt.date(2024, 3, 1), None, dt.date(2024, 3, 1)]),
+            "sales": pa.array([Decimal("1.5000"), None, Decimal("-0.0001")], pa.decimal128(18, 4)),
+            "quantity": pa.array([1, None, 3], pa.int64()),
+            "run_id": pa.array(["frame-test"] * 3),
+        }
+    )
+    frame = warehouse.transit_frame(batch)
+    with warehouse.transaction(db) as conn:
+        assert warehouse.load_transit(conn, "fact_operaciones_ventas", frame) == 3
+    with db.connect() as conn:
+        back = conn.execute(
+            text(
+                "select line_key, order_date, sales, quantity from "
+                "public.bulk_fact_operaciones_ventas where run_id = 'frame-test' order by bulk_seq"
+            )
+        ).all()
+        conn.execute(
+            text("delete from public.bulk_fact_operaciones_ventas where run_id = 'frame-test'")
+        )
+        conn.commit()
+    assert [tuple(r) for r in back] == [
+        ("k1", dt.date(2024, 3, 1), Decimal("1.5000"), 1),
+        ("k2", None, None, None),
+        (None, dt.date(2024, 3, 1), Decimal("-0.0001"), 3),
+    ]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
