@@ -156,4 +156,9 @@ def summary(eng, run_id: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(_dag_test(json.loads(sys.argv[1]), Path(sys.argv[2])))
+    code = _dag_test(json.loads(sys.argv[1]), Path(sys.argv[2]))
+    # The result is written: skip the interpreter's teardown of Airflow (about 3 s measured
+    # on a 100-line run, a seventh of the fixed cost of a run).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -9,8 +9,8 @@ as $$
 declare
     v_affected bigint;
 begin
-    select count(*) into p_inserted
-    from public.bulk_fact_operaciones_ventas_latest as s
+    select count(distinct s.line_key) into p_inserted  -- the line keys new to staging
+    from public.bulk_fact_operaciones_ventas as s
     where s.run_id = p_run_id
       and not exists (select 1 from staging.fact_operaciones_ventas f
                       where f.line_key = s.line_key);

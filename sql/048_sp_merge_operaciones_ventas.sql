@@ -40,9 +40,14 @@ begin
         foreach v_table in array array['dim_inventario', 'dim_cliente',
                                        'fact_operaciones_ventas'] loop
             v_started := clock_timestamp();
-            execute format('select count(*) from public.%I where run_id = $1',
-                           'bulk_' || v_table || '_latest')
-                into v_source using p_run_id;
+            if v_table = 'fact_operaciones_ventas' then  -- the view's key resolution is not needed
+                select count(distinct line_key) into v_source
+                from public.bulk_fact_operaciones_ventas where run_id = p_run_id;
+            else
+                execute format('select count(*) from public.%I where run_id = $1',
+                               'bulk_' || v_table || '_latest')
+                    into v_source using p_run_id;
+            end if;
             if v_table = 'dim_cliente' and p_scd_type = 2 then
                 call staging.scd2_dim_cliente(p_run_id, v_inserted, v_updated);
             elsif v_strategy = 'merge' then

@@ -25,14 +25,22 @@ begin
     select count(*) as lines, coalesce(sum(sales), 0) as sales
     into v_transit
     from public.bulk_fact_operaciones_ventas where run_id = p_run_id;
-    select count(*) as lines, coalesce(sum(sales), 0) as sales
+    -- One pass over the run's delivered lines (the latest transit row per line key, as the
+    -- merge saw them): what was delivered, what staging holds, and facts without dimensions.
+    select count(*) as lines, coalesce(sum(b.sales), 0) as sales,
+           count(f.line_key) as staged_lines, coalesce(sum(f.sales), 0) as staged_sales,
+           count(*) filter (where f.line_key is not null
+                              and (c.cliente_key is null or i.inventario_key is null
+                                   or f.cliente_key = -1 or f.inventario_key = -1)) as orphans
     into v_delivered
-    from public.bulk_fact_operaciones_ventas_latest where run_id = p_run_id;
-    select count(f.line_key) as lines, coalesce(sum(f.sales), 0) as sales
-    into v_staged
-    from public.bulk_fact_operaciones_ventas_latest as b
+    from (select distinct on (line_key) line_key, sales
+          from public.bulk_fact_operaciones_ventas
+          where run_id = p_run_id and line_key is not null
+          order by line_key, bulk_seq desc) as b
     left join staging.fact_operaciones_ventas as f on f.line_key = b.line_key
-    where b.run_id = p_run_id;
+    left join staging.dim_cliente as c on c.cliente_key = f.cliente_key
+    left join staging.dim_inventario as i on i.inventario_key = f.inventario_key;
+    select v_delivered.staged_lines as lines, v_delivered.staged_sales as sales into v_staged;
 
     v_checks := jsonb_build_object(
         'silver_lines', v_silver.lines, 'silver_sales', v_silver.sales,
@@ -68,14 +76,7 @@ begin
         v_failures := v_failures || format('dim_inventario: %s duplicated product ids', v_count);
     end if;
 
-    select count(*) into v_count
-    from public.bulk_fact_operaciones_ventas_latest as b
-    join staging.fact_operaciones_ventas as f on f.line_key = b.line_key
-    left join staging.dim_cliente as c on c.cliente_key = f.cliente_key
-    left join staging.dim_inventario as i on i.inventario_key = f.inventario_key
-    where b.run_id = p_run_id
-      and (c.cliente_key is null or i.inventario_key is null
-           or f.cliente_key = -1 or f.inventario_key = -1);
+    v_count := v_delivered.orphans;
     v_checks := v_checks || jsonb_build_object('orphan_facts', v_count);
     if v_count > 0 then
         v_failures := v_failures || format('%s fact lines of the run without their customer or product', v_count);
