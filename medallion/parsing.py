@@ -10,7 +10,9 @@ import csv
 import gzip
 import io
 import json
+import queue
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -613,6 +615,40 @@ def _json_records(
 
 
 SUPPORTED = {".csv", ".tsv", ".txt", ".json", ".jsonl", ".ndjson"}
+
+
+def prefetched(chunks: Iterator[pd.DataFrame], depth: int = 1) -> Iterator[pd.DataFrame]:
+    """Read the next chunk(s) in a background thread while the caller works on the current
+    one: Arrow parses CSV without holding the GIL, so reading and checking overlap."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        slots.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(done)
+        except BaseException as err:  # handed to the consumer, raised there
+            slots.put(err)
+
+    worker = threading.Thread(target=produce, name="chunk-reader", daemon=True)
+    worker.start()
+    try:
+        while (item := slots.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def read_chunks(

@@ -10,6 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from medallion.contract import Contract
 from medallion.parsing import normalize_amount, parse_dates
@@ -77,12 +79,12 @@ def _checks(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat, structura
             (decimals > col.scale),
         )
         chunk[col.name] = text.where(decimals <= col.scale)
-        numbers[col.name] = pd.to_numeric(text, errors="coerce")
+        numbers[col.name] = _to_float(text)
 
     qty_text, _ = normalize_amount(chunk["quantity"], fmt.decimal_separator)
     not_int = chunk["quantity"].notna() & ~qty_text.str.fullmatch(_INTEGER).fillna(False)
     yield "quantity_not_integer", "quantity is not an integer", not_int
-    qty = pd.to_numeric(qty_text.where(~not_int), errors="coerce")
+    qty = _to_float(qty_text.where(~not_int))
     yield "quantity_not_positive", "quantity is not > 0", qty.notna() & (qty <= 0)
     chunk["quantity"] = qty.astype("Int64")
 
@@ -93,6 +95,13 @@ def _checks(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat, structura
         yield "discount_out_of_range", "discount outside [0, 1]", (d < 0) | (d > 1)
     if {"profit", "sales"} <= numbers.keys():
         yield "profit_above_sales", "profit above sales", numbers["profit"] > numbers["sales"]
+
+
+def _to_float(text: pd.Series) -> pd.Series:
+    """Canonical number text (validated, or missing) as float64 for the range rules, cast by
+    Arrow; the exact values stay in the text."""
+    values = pc.cast(pa.array(text, type=pa.string(), from_pandas=True), pa.float64())
+    return pd.Series(values.to_numpy(zero_copy_only=False), index=text.index)
 
 
 def apply_rules(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat) -> Verdict:

@@ -23,6 +23,7 @@ from medallion.parsing import (
     SourceFormat,
     detect_date_format,
     detect_decimal,
+    prefetched,
     read_chunks,
 )
 from medallion.rules import ValueFormat, apply_rules
@@ -247,7 +248,7 @@ def clean_path(
     """Read, check and split one local file into two writers (silver and quarantine)."""
     fmt, chunks = read_chunks(path, contract, source, batch_size)
     report = FileReport(source_object=source, format=fmt)
-    _clean_chunks(chunks, report, contract, run_id, out, quarantine)
+    _clean_chunks(prefetched(chunks), report, contract, run_id, out, quarantine)
     _gate(report, contract)
     if report.lines_in != report.rows_out + report.quarantined + report.duplicates:
         raise AssertionError(f"{source}: lines were lost ({report.as_row()})")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -87,22 +89,39 @@ def downloaded(client: Minio, bucket: str, key: str) -> Iterator[Path]:
 
 
 class ParquetUpload:
-    """Write a Parquet object batch by batch (one row group per batch), then upload it."""
+    """Write a Parquet object batch by batch (one row group per batch), then upload it.
+
+    Batches are encoded and compressed in a background thread (Arrow releases the GIL), so the
+    caller prepares the next batch meanwhile; at most two batches wait, which bounds memory.
+    """
 
     def __init__(self, client: Minio, bucket: str, key: str, schema: pa.Schema):
         self.client, self.bucket, self.key, self.schema = client, bucket, key, schema
         self._tmp = tempfile.TemporaryDirectory(prefix="medallion-")
         self.path = Path(self._tmp.name) / "part.parquet"
         self._writer = pq.ParquetWriter(self.path, schema, compression="zstd")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
+        self._pending: deque[Future] = deque()
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows:
-            self._writer.write_table(table.select(self.schema.names).cast(self.schema))
+            table = table.select(self.schema.names).cast(self.schema)
+            while len(self._pending) >= 2:
+                self._pending.popleft().result()
+            self._pending.append(self._pool.submit(self._writer.write_table, table))
             self.rows += table.num_rows
+
+    def _drain(self) -> None:
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> int:
         """Upload the object; with no rows, remove what an earlier run may have left there."""
+        self._drain()
         self._writer.close()
         if self.rows:
             self.client.fput_object(
@@ -120,8 +139,11 @@ class ParquetUpload:
         if exc_type is None:
             self.close()
         else:
-            self._writer.close()
-            self._tmp.cleanup()
+            try:
+                self._drain()
+            finally:
+                self._writer.close()
+                self._tmp.cleanup()
 
 
 def iter_parquet_batches(

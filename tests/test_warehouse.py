@@ -221,6 +221,48 @@ def test_transit_frame_keeps_values_and_loads_them(db):
     ]
 
 
+def _fact_batch(run_id: str, first: int, rows: int) -> pa.RecordBatch:
+    return pa.record_batch(
+        {
+            "line_key": pa.array([f"{run_id}-{i}" for i in range(first, first + rows)]),
+            "sales": pa.array([Decimal("1.0001")] * rows, pa.decimal128(18, 4)),
+            "run_id": pa.array([run_id] * rows),
+        }
+    )
+
+
+def test_load_run_replaces_the_runs_rows_over_two_streams(db):
+    batches = [_fact_batch("streams-test", i * 7, 7) for i in range(9)]
+    for _ in range(2):  # a retry replaces, never doubles
+        loaded = warehouse.load_run(db, "fact_operaciones_ventas", "streams-test", iter(batches))
+        assert loaded == 63
+    rows, keys, sales = (
+        scalar(
+            db,
+            f"select {expr} from public.bulk_fact_operaciones_ventas where run_id = :r",
+            r="streams-test",
+        )
+        for expr in ("count(*)", "count(distinct line_key)", "sum(sales)")
+    )
+    with warehouse.transaction(db) as conn:
+        warehouse.clear_transit(conn, "fact_operaciones_ventas", "streams-test")
+    assert (rows, keys, sales) == (63, 63, Decimal("63.0063"))
+
+
+def test_load_run_failing_batch_leaves_nothing_of_the_run(db):
+    def batches():
+        for i in range(6):
+            yield _fact_batch("failing-load", i * 5, 5)
+        raise OSError("gold object truncated")
+
+    with pytest.raises(OSError, match="truncated"):
+        warehouse.load_run(db, "fact_operaciones_ventas", "failing-load", batches())
+    rows = scalar(
+        db, "select count(*) from public.bulk_fact_operaciones_ventas where run_id = 'failing-load'"
+    )
+    assert rows == 0
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_insert_then_rerun_changes_nothing_then_corrections_update(db, strategy):
     p = new_prefix()
