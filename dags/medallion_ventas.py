@@ -89,7 +89,13 @@ with DAG(
     publish_gate = SQLExecuteQueryOperator(
         task_id="publish_gate",
         conn_id="postgres_default",
-        sql="call staging.sp_publish_gate(%(run_id)s)",
+        # the gate deletes the run's transit rows; VACUUM gives their space back at once, so
+        # that the next run does not scan millions of dead rows (it cannot run in a procedure)
+        sql=[
+            "call staging.sp_publish_gate(%(run_id)s)",
+            "vacuum public.bulk_fact_operaciones_ventas, public.bulk_dim_cliente, "
+            "public.bulk_dim_inventario",
+        ],
         parameters={"run_id": "{{ run_id }}"},
         autocommit=True,
     )

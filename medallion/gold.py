@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from minio import Minio
 
 from medallion import storage
@@ -103,28 +103,44 @@ class DimensionBuilder:
             pa.concat_tables(both), "first_order_date", "last_order_date", "_seq"
         )
 
-    def _frame(self) -> pd.DataFrame:
+    def _variants(self) -> pa.Table:
         if self.variants is None:
-            return pd.DataFrame(
-                columns=[*self.group, "first_order_date", "last_order_date", "_seq"]
+            date = pa.date32()
+            return pa.table(
+                {c: pa.array([], pa.string()) for c in self.group}
+                | {"first_order_date": pa.array([], date), "last_order_date": pa.array([], date)}
+                | {"_seq": pa.array([], pa.int64())}
             )
-        return self.variants.to_pandas()
+        return self.variants
 
     @property
     def conflicts(self) -> int:
         """Natural keys delivered with more than one set of attributes in this run."""
-        return int((self._frame()[self.dim.natural_key].value_counts() > 1).sum())
+        per_key = self._variants().group_by(self.dim.natural_key).aggregate([([], "count_all")])
+        return int(pc.sum(pc.greater(per_key.column("count_all"), 1)).as_py() or 0)
 
-    def result(self, run_id: str) -> pd.DataFrame:
-        ordered = self._frame().sort_values(
-            [self.dim.natural_key, "last_order_date", "_seq"], kind="stable"
+    def result(self, run_id: str) -> pa.Table:
+        """The winning variant per natural key (latest order, then later line), in Arrow."""
+        variants = self._variants()
+        order = pc.sort_indices(
+            variants,
+            [
+                (self.dim.natural_key, "ascending"),
+                ("last_order_date", "ascending"),
+                ("_seq", "ascending"),
+            ],
         )
-        winners = ordered.drop_duplicates(self.dim.natural_key, keep="last")
+        ranked = variants.take(order).append_column(
+            "_rank", pa.array(range(len(variants)), pa.int64())
+        )
+        last = ranked.group_by(self.dim.natural_key, use_threads=False).aggregate(
+            [("_rank", "max")]
+        )
+        ranks = last.column("_rank_max").combine_chunks()
+        winners = ranked.take(pc.take(ranks, pc.array_sort_indices(ranks)))  # by natural key
         columns = [*self.group, *self.dim.dates]
-        return (
-            winners[columns]
-            .assign(run_id=run_id)
-            .sort_values(self.dim.natural_key, ignore_index=True)
+        return winners.select(columns).append_column(
+            "run_id", pa.array([run_id] * len(winners), pa.string())
         )
 
 
@@ -153,11 +169,7 @@ def build_gold(
                 seq += batch.num_rows
     counts = {"fact_operaciones_ventas": fact.rows}
     for dim in DIMENSIONS:
-        table = pa.Table.from_pandas(
-            builders[dim.name].result(run_id),
-            schema=dim.schema(silver_schema),
-            preserve_index=False,
-        )
+        table = builders[dim.name].result(run_id).cast(dim.schema(silver_schema))
         with storage.ParquetUpload(
             client, gold_bucket, gold_key(dim.name, run_id), table.schema
         ) as out:

@@ -61,7 +61,7 @@ def test_same_product_with_two_names_latest_order_wins_across_batches():
         ),
         2,
     )
-    result = builder.result("r1").set_index("product_id")
+    result = builder.result("r1").to_pandas().set_index("product_id")
     assert list(result.index) == ["P1", "P2"]
     assert result.loc["P1", "product_name"] == "Silla nueva"
     assert builder.conflicts == 1
@@ -79,7 +79,7 @@ def test_same_date_the_later_line_wins():
         ),
         0,
     )
-    assert builder.result("r1").loc[0, "customer_name"] == "Ana María"
+    assert builder.result("r1").to_pandas().loc[0, "customer_name"] == "Ana María"
 
 
 def test_first_order_date_is_where_the_winning_attributes_start():
@@ -94,7 +94,7 @@ def test_first_order_date_is_where_the_winning_attributes_start():
         ),
         0,
     )
-    row = builder.result("r1").iloc[0]
+    row = builder.result("r1").to_pandas().iloc[0]
     assert (row["customer_name"], row["first_order_date"], row["last_order_date"]) == (
         "Ana Gómez",
         dt.date(2024, 4, 1),
