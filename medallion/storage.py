@@ -151,7 +151,9 @@ def iter_parquet_batches(
 ) -> Iterator[pa.RecordBatch]:
     """Stream a Parquet object batch by batch."""
     with downloaded(client, bucket, key) as path:
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+        # pre_buffer off: otherwise the reader buffers the column chunks ahead and its memory
+        # grows with the file (measured: +500 MB reading a 10M-line silver object)
+        yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_size)
 
 
 def read_parquet(client: Minio, bucket: str, key: str) -> pa.Table:

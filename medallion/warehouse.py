@@ -9,9 +9,11 @@ import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 import pyarrow as pa
@@ -21,7 +23,7 @@ from sqlalchemy import Connection as SAConnection
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 
-from medallion.settings import SQL_DIR, get_connection
+from medallion.settings import SQL_DIR, Connection, get_connection
 
 TRANSIT_TABLES = {
     "dim_inventario": "bulk_dim_inventario",
@@ -43,6 +45,33 @@ def engine(conn_id: str = "postgres_default") -> Engine:
         query={k: v for k, v in conn.extra.items() if k in {"sslmode", "options"}},
     )
     return create_engine(url, pool_pre_ping=True)
+
+
+def connection_uri(conn: Connection) -> str:
+    """A connection as the URI that an ``AIRFLOW_CONN_*`` variable holds."""
+    auth = f"{quote(conn.login or '', safe='')}:{quote(conn.password or '', safe='')}@"
+    return f"postgresql://{auth}{conn.host}:{conn.port or 5432}/{quote(conn.schema or '')}"
+
+
+def fresh_database(conn_id: str, name: str) -> Connection:
+    """Drop and create database ``name`` on the server of ``conn_id`` and return the connection
+    to it: the tests and the benchmark start from an empty warehouse, never the user's."""
+    import psycopg2
+
+    conn = get_connection(conn_id)
+    admin = psycopg2.connect(
+        host=conn.host,
+        port=conn.port,
+        user=conn.login,
+        password=conn.password,
+        dbname=conn.schema or "postgres",
+    )
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        cur.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    admin.close()
+    return replace(conn, schema=name)
 
 
 @contextmanager

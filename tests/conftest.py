@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 
 # Executed notebooks of test runs go to .local/, not to the user's outputs/ (set before the
@@ -17,44 +16,21 @@ from pathlib import Path
 os.environ.setdefault(
     "MEDALLION_OUTPUTS_DIR", str(Path(__file__).resolve().parents[1] / ".local" / "test-outputs")
 )
-from urllib.parse import quote
 
-import psycopg2
 import pytest
 
 from medallion import services, storage, warehouse
-from medallion.settings import Connection, env_var_name, get_connection, load_params
+from medallion.settings import env_var_name, get_connection, load_params
 
 TEST_DATABASE = "medallion_test"
-
-
-def _uri(conn: Connection) -> str:
-    auth = f"{quote(conn.login or '', safe='')}:{quote(conn.password or '', safe='')}@"
-    return f"postgresql://{auth}{conn.host}:{conn.port or 5432}/{quote(conn.schema or '')}"
-
-
-def _fresh_database(conn: Connection) -> Connection:
-    admin = psycopg2.connect(
-        host=conn.host,
-        port=conn.port,
-        user=conn.login,
-        password=conn.password,
-        dbname=conn.schema or "postgres",
-    )
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'drop database if exists "{TEST_DATABASE}" with (force)')
-        cur.execute(f'create database "{TEST_DATABASE}"')
-    admin.close()
-    return replace(conn, schema=TEST_DATABASE)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.option.collectonly or os.environ.get("MEDALLION_TEST_SERVICES_READY"):
         return
     services.use_services()
-    test_db = _fresh_database(get_connection("postgres_default"))
-    os.environ[env_var_name("postgres_default")] = _uri(test_db)
+    test_db = warehouse.fresh_database("postgres_default", TEST_DATABASE)
+    os.environ[env_var_name("postgres_default")] = warehouse.connection_uri(test_db)
     params = load_params("local")
     storage.ensure_buckets(
         storage.s3_client("minio_default"),
