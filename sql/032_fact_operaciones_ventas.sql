@@ -7,8 +7,8 @@ create table if not exists staging.fact_operaciones_ventas (
     order_date     date           not null,
     ship_date      date,
     ship_mode      text,
-    cliente_key    bigint         not null references staging.dim_cliente (cliente_key),
-    inventario_key bigint         not null references staging.dim_inventario (inventario_key),
+    cliente_key    bigint         not null,
+    inventario_key bigint         not null,
     country        text,
     city           text,
     state          text,
@@ -24,8 +24,4 @@ create table if not exists staging.fact_operaciones_ventas (
     created_at     timestamptz    not null default now(),
     updated_at     timestamptz    not null default now()
 );
-
-create index if not exists fact_operaciones_ventas_cliente_key_idx
-    on staging.fact_operaciones_ventas (cliente_key);
-create index if not exists fact_operaciones_ventas_inventario_key_idx
-    on staging.fact_operaciones_ventas (inventario_key);
+-- Foreign keys to both dimensions and their indexes: sql/047_fact_secondary_structures.sql.

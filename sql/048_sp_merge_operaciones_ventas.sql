@@ -5,12 +5,17 @@
 -- * only rows whose values changed are updated (IS DISTINCT FROM): a re-run changes nothing;
 -- * MERGE on PostgreSQL >= 15, INSERT ... ON CONFLICT before (or with p_strategy => 'upsert');
 -- * dim_cliente as SCD type 1 (default) or 2 (p_scd_type => 2);
--- * inserted / updated / unchanged per table go to audit.run_log.
+-- * inserted / updated / unchanged per table go to audit.run_log;
+-- * a delivery of at least p_bulk_min_lines lines and a fifth of the fact (a first load, a
+--   reload) is merged without the fact's foreign keys and their indexes, which are created
+--   again, and validated in one pass, before the procedure ends (staging.fact_secondary_structures).
 -- The run's transit rows stay until staging.sp_publish_gate has checked the result.
 drop procedure if exists staging.sp_merge_operaciones_ventas(text);
+drop procedure if exists staging.sp_merge_operaciones_ventas(text, int, text);
 
 create or replace procedure staging.sp_merge_operaciones_ventas(
-    p_run_id text, p_scd_type int default 1, p_strategy text default null
+    p_run_id text, p_scd_type int default 1, p_strategy text default null,
+    p_bulk_min_lines bigint default 500000
 )
 language plpgsql
 as $$
@@ -23,6 +28,7 @@ declare
     v_inserted bigint;
     v_updated  bigint;
     v_started  timestamptz;
+    v_bulk     boolean;
 begin
     if p_run_id is null or p_run_id = '' then
         raise exception 'sp_merge_operaciones_ventas: a run id is required';
@@ -48,6 +54,12 @@ begin
                                'bulk_' || v_table || '_latest')
                     into v_source using p_run_id;
             end if;
+            v_bulk := v_table = 'fact_operaciones_ventas' and v_source >= p_bulk_min_lines
+                      and v_source * 5 >= (select greatest(reltuples, 0) from pg_class
+                                           where oid = 'staging.fact_operaciones_ventas'::regclass);
+            if v_bulk then
+                call staging.fact_secondary_structures(false);
+            end if;
             if v_table = 'dim_cliente' and p_scd_type = 2 then
                 call staging.scd2_dim_cliente(p_run_id, v_inserted, v_updated);
             elsif v_strategy = 'merge' then
@@ -57,10 +69,15 @@ begin
                 execute format('call staging.%I($1, null, null)', 'upsert_' || v_table)
                     into v_inserted, v_updated using p_run_id;
             end if;
+            if v_bulk then
+                call staging.fact_secondary_structures(true);
+            end if;
             call audit.record_merge(p_run_id, 'staging.' || v_table, v_inserted, v_updated,
                                     v_source - v_inserted - v_updated, v_started,
                                     case when v_table = 'dim_cliente' and p_scd_type = 2
-                                         then 'scd2' else v_strategy end);
+                                         then 'scd2'
+                                         when v_bulk then v_strategy || ' (bulk)'
+                                         else v_strategy end);
         end loop;
     exception when others then
         raise exception 'sp_merge_operaciones_ventas(%) failed, nothing was merged: % (SQLSTATE %)',

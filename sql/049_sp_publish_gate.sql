@@ -18,6 +18,7 @@ declare
     v_staged    record;
     v_count     bigint;
 begin
+    perform set_config('work_mem', '256MB', true);  -- hash joins over a large run in memory
     select coalesce(sum(rows_out), 0) as lines,
            coalesce(sum((details ->> 'sales_total')::numeric), 0) as sales
     into v_silver
@@ -33,10 +34,12 @@ begin
                               and (c.cliente_key is null or i.inventario_key is null
                                    or f.cliente_key = -1 or f.inventario_key = -1)) as orphans
     into v_delivered
-    from (select distinct on (line_key) line_key, sales
-          from public.bulk_fact_operaciones_ventas
-          where run_id = p_run_id and line_key is not null
-          order by line_key, bulk_seq desc) as b
+    from (select line_key, sales
+          from public.bulk_fact_operaciones_ventas as t
+          where t.run_id = p_run_id and t.line_key is not null
+            and not exists (select 1 from public.bulk_fact_operaciones_ventas as later
+                            where later.run_id = t.run_id and later.line_key = t.line_key
+                              and later.bulk_seq > t.bulk_seq)) as b
     left join staging.fact_operaciones_ventas as f on f.line_key = b.line_key
     left join staging.dim_cliente as c on c.cliente_key = f.cliente_key
     left join staging.dim_inventario as i on i.inventario_key = f.inventario_key;

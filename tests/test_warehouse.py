@@ -106,11 +106,13 @@ class Delivery:
         return self
 
 
-def merge(db, run_id: str, strategy: str | None = None, scd_type: int = 1) -> dict:
+def merge(
+    db, run_id: str, strategy: str | None = None, scd_type: int = 1, bulk_min: int = 500_000
+) -> dict:
     with warehouse.transaction(db) as conn:
         conn.execute(
-            text("call staging.sp_merge_operaciones_ventas(:r, :s, :t)"),
-            {"r": run_id, "s": scd_type, "t": strategy},
+            text("call staging.sp_merge_operaciones_ventas(:r, :s, :t, :b)"),
+            {"r": run_id, "s": scd_type, "t": strategy, "b": bulk_min},
         )
     with db.connect() as conn:
         rows = conn.execute(
@@ -329,6 +331,65 @@ def test_insert_then_rerun_changes_nothing_then_corrections_update(db, strategy)
         )
         == 0
     )
+
+
+FACT_STRUCTURES = (
+    "select count(*) from pg_constraint "
+    "where conrelid = 'staging.fact_operaciones_ventas'::regclass "
+    "and contype = 'f' and convalidated"
+)
+FACT_INDEXES = (
+    "select count(*) from pg_indexes where schemaname = 'staging' "
+    "and tablename = 'fact_operaciones_ventas' and indexname like '%key_idx'"
+)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_bulk_merge_gives_the_same_result_and_restores_keys_and_indexes(db, strategy):
+    with warehouse.transaction(db) as conn:
+        conn.execute(text("analyze staging.fact_operaciones_ventas"))
+    facts = scalar(
+        db,
+        "select greatest(reltuples, 0)::bigint from pg_class "
+        "where oid = 'staging.fact_operaciones_ventas'::regclass",
+    )
+    lines = max(6, facts // 5 + 1)  # a fifth of the fact or more: the bulk path
+    p = new_prefix()
+    delivery = Delivery(p, f"{p}-r1")
+    for i in range(1, lines + 1):
+        delivery.line(i, customer=f"C{i % 3}", name=f"Cliente {i % 3}")
+    delivery.load(db)
+    assert merge(db, delivery.run_id, strategy, bulk_min=5)["fact_operaciones_ventas"] == {
+        "inserted": lines,
+        "updated": 0,
+        "unchanged": 0,
+    }
+    strategy_used = scalar(
+        db,
+        "select details ->> 'strategy' from audit.run_log where run_id = :r "
+        "and step = 'merge' and source = 'staging.fact_operaciones_ventas'",
+        r=delivery.run_id,
+    )
+    assert strategy_used.endswith("(bulk)")
+    gate(db, delivery.run_id)
+    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
+    orphans = scalar(
+        db,
+        "select count(*) from staging.fact_operaciones_ventas f "
+        "left join staging.dim_cliente c using (cliente_key) where f.line_key like :p "
+        "and c.cliente_key is null",
+        p=f"{p}-%",
+    )
+    assert orphans == 0
+    with pytest.raises(DBAPIError, match="foreign key"):  # the keys are enforced again
+        with warehouse.transaction(db) as conn:
+            conn.execute(
+                text(
+                    "update staging.fact_operaciones_ventas set cliente_key = -999 "
+                    "where line_key like :p"
+                ),
+                {"p": f"{p}-%"},
+            )
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
