@@ -7,6 +7,8 @@
 create or replace procedure staging.fact_secondary_structures(p_present boolean)
 language plpgsql
 as $$
+declare
+    v_key text;
 begin
     if not p_present then
         alter table staging.fact_operaciones_ventas
@@ -20,18 +22,15 @@ begin
         on staging.fact_operaciones_ventas (cliente_key);
     create index if not exists fact_operaciones_ventas_inventario_key_idx
         on staging.fact_operaciones_ventas (inventario_key);
-    if not exists (select 1 from pg_constraint
-                   where conname = 'fact_operaciones_ventas_cliente_key_fkey') then
-        alter table staging.fact_operaciones_ventas
-            add constraint fact_operaciones_ventas_cliente_key_fkey
-            foreign key (cliente_key) references staging.dim_cliente (cliente_key);
-    end if;
-    if not exists (select 1 from pg_constraint
-                   where conname = 'fact_operaciones_ventas_inventario_key_fkey') then
-        alter table staging.fact_operaciones_ventas
-            add constraint fact_operaciones_ventas_inventario_key_fkey
-            foreign key (inventario_key) references staging.dim_inventario (inventario_key);
-    end if;
+    foreach v_key in array array['cliente_key', 'inventario_key'] loop
+        if not exists (select 1 from pg_constraint
+                       where conname = format('fact_operaciones_ventas_%s_fkey', v_key)) then
+            execute format('alter table staging.fact_operaciones_ventas '
+                           'add constraint %I foreign key (%I) references staging.%I (%I)',
+                           format('fact_operaciones_ventas_%s_fkey', v_key), v_key,
+                           'dim_' || replace(v_key, '_key', ''), v_key);
+        end if;
+    end loop;
 end;
 $$;
 

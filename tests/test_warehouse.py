@@ -139,6 +139,24 @@ def new_prefix() -> str:
     return "T" + uuid.uuid4().hex[:8]
 
 
+def load_and_read_back(db, frame: pd.DataFrame, run_id: str, columns: str) -> list[tuple]:
+    """Load a frame into the fact's transit table with load_transit, read it back in load
+    order and remove it."""
+    with warehouse.transaction(db) as conn:
+        warehouse.clear_transit(conn, "fact_operaciones_ventas", run_id)
+        assert warehouse.load_transit(conn, "fact_operaciones_ventas", frame) == len(frame)
+    with warehouse.transaction(db) as conn:
+        back = conn.execute(
+            text(
+                f"select {columns} from public.bulk_fact_operaciones_ventas "  # noqa: S608
+                "where run_id = :r order by bulk_seq"
+            ),
+            {"r": run_id},
+        ).all()
+        warehouse.clear_transit(conn, "fact_operaciones_ventas", run_id)
+    return [tuple(r) for r in back]
+
+
 def test_copy_method_round_trips_awkward_values(db):
     frame = pd.DataFrame(
         {
@@ -148,20 +166,7 @@ def test_copy_method_round_trips_awkward_values(db):
             "run_id": ["copy-test"] * 5,
         }
     )
-    with warehouse.transaction(db) as conn:
-        warehouse.clear_transit(conn, "fact_operaciones_ventas", "copy-test")
-        assert warehouse.load_transit(conn, "fact_operaciones_ventas", frame) == 5
-    with db.connect() as conn:
-        back = conn.execute(
-            text(
-                "select line_key, sales, order_date from public.bulk_fact_operaciones_ventas "
-                "where run_id = 'copy-test' order by bulk_seq"
-            )
-        ).all()
-        conn.execute(
-            text("delete from public.bulk_fact_operaciones_ventas where run_id = 'copy-test'")
-        )
-        conn.commit()
+    back = load_and_read_back(db, frame, "copy-test", "line_key, sales, order_date")
     assert [r[0] for r in back] == ["tab\there", "new\nline", "back\\slash", "", None]
     assert [r[1] for r in back] == [
         Decimal("0.0001"),
@@ -203,19 +208,7 @@ def test_transit_frame_keeps_values_and_loads_them(db):
         }
     )
     frame = warehouse.transit_frame(batch)
-    with warehouse.transaction(db) as conn:
-        assert warehouse.load_transit(conn, "fact_operaciones_ventas", frame) == 3
-    with db.connect() as conn:
-        back = conn.execute(
-            text(
-                "select line_key, order_date, sales, quantity from "
-                "public.bulk_fact_operaciones_ventas where run_id = 'frame-test' order by bulk_seq"
-            )
-        ).all()
-        conn.execute(
-            text("delete from public.bulk_fact_operaciones_ventas where run_id = 'frame-test'")
-        )
-        conn.commit()
+    back = load_and_read_back(db, frame, "frame-test", "line_key, order_date, sales, quantity")
     assert [tuple(r) for r in back] == [
         ("k1", dt.date(2024, 3, 1), Decimal("1.5000"), 1),
         ("k2", None, None, None),
