@@ -1,7 +1,7 @@
 -- One row per source sales line; line_key is the contract's line key (the source's row id, or
 -- order id + position in the order). Measures keep the delivered decimals (numeric, no float).
 create table if not exists staging.fact_operaciones_ventas (
-    line_key       text           primary key,
+    line_key       text           not null,  -- primary key: sql/047
     row_id         text,
     order_id       text           not null,
     order_date     date           not null,
@@ -24,4 +24,5 @@ create table if not exists staging.fact_operaciones_ventas (
     created_at     timestamptz    not null default now(),
     updated_at     timestamptz    not null default now()
 );
--- Foreign keys to both dimensions and their indexes: sql/047_fact_secondary_structures.sql.
+-- Primary key, foreign keys to both dimensions and their indexes:
+-- sql/047_fact_secondary_structures.sql.

@@ -7,8 +7,9 @@
 -- * dim_cliente as SCD type 1 (default) or 2 (p_scd_type => 2);
 -- * inserted / updated / unchanged per table go to audit.run_log;
 -- * a delivery of at least p_bulk_min_lines lines and a fifth of the fact (a first load, a
---   reload) is merged without the fact's foreign keys and their indexes, which are created
---   again, and validated in one pass, before the procedure ends (staging.fact_secondary_structures).
+--   reload) is merged without the fact's foreign keys, their indexes and (with MERGE) its
+--   primary key, which are built again, and validated in one pass, before the procedure ends
+--   (staging.fact_secondary_structures).
 -- The run's transit rows stay until staging.sp_publish_gate has checked the result.
 drop procedure if exists staging.sp_merge_operaciones_ventas(text);
 drop procedure if exists staging.sp_merge_operaciones_ventas(text, int, text);
@@ -57,8 +58,8 @@ begin
             v_bulk := v_table = 'fact_operaciones_ventas' and v_source >= p_bulk_min_lines
                       and v_source * 5 >= (select greatest(reltuples, 0) from pg_class
                                            where oid = 'staging.fact_operaciones_ventas'::regclass);
-            if v_bulk then
-                call staging.fact_secondary_structures(false);
+            if v_bulk then  -- ON CONFLICT (upsert) needs the primary key: MERGE does not
+                call staging.fact_secondary_structures(false, v_strategy = 'merge');
             end if;
             if v_table = 'dim_cliente' and p_scd_type = 2 then
                 call staging.scd2_dim_cliente(p_run_id, v_inserted, v_updated);

@@ -366,6 +366,12 @@ def test_bulk_merge_gives_the_same_result_and_restores_keys_and_indexes(db, stra
     assert strategy_used.endswith("(bulk)")
     gate(db, delivery.run_id)
     assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
+    primary_key = scalar(
+        db,
+        "select pg_get_constraintdef(oid) from pg_constraint "
+        "where conrelid = 'staging.fact_operaciones_ventas'::regclass and contype = 'p'",
+    )
+    assert primary_key == "PRIMARY KEY (line_key)"
     orphans = scalar(
         db,
         "select count(*) from staging.fact_operaciones_ventas f "
