@@ -15,7 +15,6 @@ declare
     v_silver    record;
     v_transit   record;
     v_delivered record;
-    v_staged    record;
     v_count     bigint;
 begin
     perform set_config('work_mem', '256MB', true);  -- hash joins over a large run in memory
@@ -43,13 +42,12 @@ begin
     left join staging.fact_operaciones_ventas as f on f.line_key = b.line_key
     left join staging.dim_cliente as c on c.cliente_key = f.cliente_key
     left join staging.dim_inventario as i on i.inventario_key = f.inventario_key;
-    select v_delivered.staged_lines as lines, v_delivered.staged_sales as sales into v_staged;
 
     v_checks := jsonb_build_object(
         'silver_lines', v_silver.lines, 'silver_sales', v_silver.sales,
         'transit_lines', v_transit.lines, 'transit_sales', v_transit.sales,
-        'delivered_line_keys', v_delivered.lines, 'staged_line_keys', v_staged.lines,
-        'delivered_sales', v_delivered.sales, 'staged_sales', v_staged.sales);
+        'delivered_line_keys', v_delivered.lines, 'staged_line_keys', v_delivered.staged_lines,
+        'delivered_sales', v_delivered.sales, 'staged_sales', v_delivered.staged_sales);
     if v_transit.lines <> v_silver.lines then
         v_failures := v_failures || format('lines silver -> transit: %s expected, %s found (%s)',
             v_silver.lines, v_transit.lines, v_transit.lines - v_silver.lines);
@@ -58,13 +56,15 @@ begin
         v_failures := v_failures || format('sum of sales silver -> transit: %s expected, %s found (%s)',
             v_silver.sales, v_transit.sales, v_transit.sales - v_silver.sales);
     end if;
-    if v_staged.lines <> v_delivered.lines then
+    if v_delivered.staged_lines <> v_delivered.lines then
         v_failures := v_failures || format('line keys in staging: %s expected, %s found (%s)',
-            v_delivered.lines, v_staged.lines, v_staged.lines - v_delivered.lines);
+            v_delivered.lines, v_delivered.staged_lines,
+            v_delivered.staged_lines - v_delivered.lines);
     end if;
-    if v_staged.sales <> v_delivered.sales then
+    if v_delivered.staged_sales <> v_delivered.sales then
         v_failures := v_failures || format('sum of sales in staging: %s expected, %s found (%s)',
-            v_delivered.sales, v_staged.sales, v_staged.sales - v_delivered.sales);
+            v_delivered.sales, v_delivered.staged_sales,
+            v_delivered.staged_sales - v_delivered.sales);
     end if;
 
     select count(*) into v_count from (
@@ -93,7 +93,7 @@ begin
 
     insert into audit.run_log as r (run_id, step, source, lines_in, rows_out, status, started_at,
                                     finished_at, details)
-    values (p_run_id, 'publish', 'staging', v_delivered.lines, v_staged.lines, 'success',
+    values (p_run_id, 'publish', 'staging', v_delivered.lines, v_delivered.staged_lines, 'success',
             v_started, clock_timestamp(), v_checks)
     on conflict (run_id, step, source) do update set
         lines_in = excluded.lines_in, rows_out = excluded.rows_out, status = excluded.status,
