@@ -230,7 +230,7 @@ def main() -> None:
     # An empty warehouse of its own: "ours" is a first load of the lines (every fact inserted),
     # and the user's warehouse is never touched.
     bench_db = warehouse.fresh_database("postgres_default", BENCH_DATABASE)
-    os.environ[env_var_name("postgres_default")] = warehouse.connection_uri(bench_db)
+    os.environ[env_var_name("postgres_default")] = bench_db.as_json()
     params = load_params("local")
     from medallion.cli import bootstrap
 

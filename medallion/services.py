@@ -94,21 +94,50 @@ def _read_pid(path: Path) -> int | None:
 
 def _secrets() -> dict[str, str]:
     """Credentials for the embedded services, generated on first use and kept private."""
-    PATHS.root.mkdir(parents=True, exist_ok=True)
-    if PATHS.secrets_file.exists():
-        return json.loads(PATHS.secrets_file.read_text())
-    values = {
-        "s3_access_key": "medallion" + secrets.token_hex(4),
-        "s3_secret_key": secrets.token_urlsafe(24),
-        "pg_password": secrets.token_urlsafe(24),
-    }
-    PATHS.secrets_file.write_text(json.dumps(values))
-    PATHS.secrets_file.chmod(0o600)
+    values = json.loads(PATHS.secrets_file.read_text()) if PATHS.secrets_file.exists() else {}
+    missing = {name: make() for name, make in _SECRET_FACTORIES.items() if name not in values}
+    if missing:
+        values |= missing
+        write_private(PATHS.secrets_file, json.dumps(values))
     return values
 
 
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+_SECRET_FACTORIES = {
+    "s3_access_key": lambda: "medallion" + secrets.token_hex(4),
+    "s3_secret_key": lambda: secrets.token_urlsafe(24),
+    "pg_password": lambda: secrets.token_urlsafe(24),
+    # make airflow: its metadata database's role, the admin login and the secrets every
+    # Airflow component shares
+    "airflow_db_password": lambda: secrets.token_urlsafe(24),
+    "airflow_admin_password": lambda: secrets.token_urlsafe(12),
+    "airflow_jwt_secret": lambda: secrets.token_urlsafe(32),
+    "airflow_api_secret_key": lambda: secrets.token_urlsafe(32),
+    "airflow_fernet_key": _fernet_key,
+}
+
+
+def secret(name: str) -> str:
+    """One of the embedded deployment's generated secrets (see _SECRET_FACTORIES)."""
+    return _secrets()[name]
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, from its first byte on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    path.chmod(0o600)
+
+
 def connection_env() -> dict[str, str]:
-    """``AIRFLOW_CONN_*`` values for the embedded services."""
+    """``AIRFLOW_CONN_*`` values for the embedded services, in Airflow's JSON form."""
     s = _secrets()
     minio = {
         "conn_type": "aws",
@@ -116,16 +145,22 @@ def connection_env() -> dict[str, str]:
         "password": s["s3_secret_key"],
         "extra": {"endpoint_url": f"http://127.0.0.1:{S3_PORT}", "region_name": "us-east-1"},
     }
-    postgres = f"postgresql://{PG_USER}:{s['pg_password']}@127.0.0.1:{PG_PORT}/{PG_DATABASE}"
+    postgres = {
+        "conn_type": "postgres",
+        "host": "127.0.0.1",
+        "port": PG_PORT,
+        "login": PG_USER,
+        "password": s["pg_password"],
+        "schema": PG_DATABASE,
+    }
     return {
         env_var_name("minio_default"): json.dumps(minio),
-        env_var_name("postgres_default"): postgres,
+        env_var_name("postgres_default"): json.dumps(postgres),
     }
 
 
 def _write_connections_file() -> None:
-    CONNECTIONS_FILE.write_text(json.dumps(connection_env(), indent=2))
-    CONNECTIONS_FILE.chmod(0o600)
+    write_private(CONNECTIONS_FILE, json.dumps(connection_env(), indent=2))
 
 
 # --------------------------------------------------------------------------- S3 (SeaweedFS)
@@ -319,7 +354,7 @@ def start_postgres() -> str:
         text=True,
         **run_as,
     )
-    _ensure_database(s["pg_password"])
+    ensure_database(PG_DATABASE)
     return "started"
 
 
@@ -342,17 +377,41 @@ _PG_SETTINGS = " ".join(
 )
 
 
-def _ensure_database(password: str) -> None:
+def admin_connection():
+    """A superuser connection to the embedded server's ``postgres`` database (autocommit)."""
     import psycopg2
 
     conn = psycopg2.connect(
-        host="127.0.0.1", port=PG_PORT, user=PG_USER, password=password, dbname="postgres"
+        host="127.0.0.1",
+        port=PG_PORT,
+        user=PG_USER,
+        password=_secrets()["pg_password"],
+        dbname="postgres",
     )
     conn.autocommit = True
+    return conn
+
+
+def ensure_database(name: str, owner: str | None = None, owner_password: str | None = None) -> None:
+    """Create a database on the embedded server (and its owner role, with that password)
+    unless they exist; an existing role gets the password again."""
+    from psycopg2 import sql
+
+    conn = admin_connection()
     with conn.cursor() as cur:
-        cur.execute("select 1 from pg_database where datname = %s", (PG_DATABASE,))
+        if owner:
+            cur.execute("select 1 from pg_roles where rolname = %s", (owner,))
+            verb = "alter" if cur.fetchone() else "create"
+            cur.execute(
+                sql.SQL(verb + " role {} login password %s").format(sql.Identifier(owner)),
+                (owner_password,),
+            )
+        cur.execute("select 1 from pg_database where datname = %s", (name,))
         if cur.fetchone() is None:
-            cur.execute(f'create database "{PG_DATABASE}"')
+            statement = sql.SQL("create database {}").format(sql.Identifier(name))
+            if owner:
+                statement += sql.SQL(" owner {}").format(sql.Identifier(owner))
+            cur.execute(statement)
     conn.close()
 
 

@@ -1,9 +1,12 @@
 """Settings and connections: one place that knows where things are and how to reach them.
 
 Notebooks receive connection *ids* (``minio_default``, ``postgres_default``), never secrets.
-Credentials are resolved here, in this order:
+Inside Airflow, the task process resolves those ids with Airflow itself (environment, metadata
+database or secrets backend: ``medallion.operators``) and hands them to the notebook's kernel
+as ``AIRFLOW_CONN_<ID>`` variables in Airflow's JSON form. Here, in the kernel or outside
+Airflow (JupyterLab, papermill by hand), an id resolves from, in this order:
 
-1. the ``AIRFLOW_CONN_<ID>`` environment variable (Airflow's own convention: a URI or JSON);
+1. the ``AIRFLOW_CONN_<ID>`` environment variable (a URI or Airflow's JSON form);
 2. the connections file written by the embedded services (``.local/connections.json``), so a
    notebook opened in JupyterLab finds the services that ``make run`` started.
 """
@@ -16,7 +19,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 
@@ -28,9 +30,6 @@ SQL_DIR = PROJECT_ROOT / "sql"
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 OUTPUTS_DIR = Path(os.environ.get("MEDALLION_OUTPUTS_DIR", PROJECT_ROOT / "outputs"))
 
-# URI schemes that Airflow maps onto another connection type.
-_SCHEME_ALIASES = {"postgresql": "postgres", "s3": "aws"}
-
 
 class ConnectionNotFound(LookupError):
     """No credentials could be found for a connection id."""
@@ -38,10 +37,10 @@ class ConnectionNotFound(LookupError):
 
 @dataclass(frozen=True)
 class Connection:
-    """The subset of an Airflow connection that the pipeline uses."""
+    """The fields of an Airflow connection that the pipeline reads (Airflow's names)."""
 
     conn_id: str
-    conn_type: str
+    conn_type: str | None
     host: str | None = None
     port: int | None = None
     login: str | None = None
@@ -50,40 +49,67 @@ class Connection:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_uri(cls, conn_id: str, uri: str) -> Connection:
-        parts = urlsplit(uri)
-        scheme = parts.scheme.replace("-", "_")
-        extra = dict(parse_qsl(parts.query))
-        if "__extra__" in extra:
-            extra = json.loads(extra["__extra__"])
+    def from_airflow(cls, conn: Any) -> Connection:
+        """From an Airflow ``Connection`` (``BaseHook.get_connection``, ``Connection.from_uri``)."""
         return cls(
-            conn_id=conn_id,
-            conn_type=_SCHEME_ALIASES.get(scheme, scheme),
-            host=unquote(parts.hostname) if parts.hostname else None,
-            port=parts.port,
-            login=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            schema=unquote(parts.path.lstrip("/")) or None,
-            extra=extra,
+            conn_id=conn.conn_id,
+            conn_type=conn.conn_type,
+            host=conn.host,
+            port=conn.port,
+            login=conn.login,
+            password=conn.password,
+            schema=conn.schema,
+            extra=dict(conn.extra_dejson),
         )
 
     @classmethod
-    def from_json(cls, conn_id: str, text: str) -> Connection:
-        data = json.loads(text)
+    def from_json(cls, conn_id: str, value: str) -> Connection:
+        """Airflow's JSON form of a connection (``Connection.as_json()``): the fields by name.
+        Decoded as Airflow's ``Connection.from_json`` does, without importing Airflow (2 s in
+        every notebook kernel); tests/test_settings.py holds the two to the same result."""
+        data = json.loads(value)
         extra = data.get("extra") or {}
-        if isinstance(extra, str):
-            extra = json.loads(extra) if extra else {}
+        conn_type = data.get("conn_type")
         port = data.get("port")
         return cls(
             conn_id=conn_id,
-            conn_type=_SCHEME_ALIASES.get(data.get("conn_type", ""), data.get("conn_type", "")),
+            conn_type=_normalize_conn_type(conn_type) if conn_type else None,
             host=data.get("host"),
-            port=int(port) if port not in (None, "") else None,
+            port=int(port) if port else None,
             login=data.get("login"),
             password=data.get("password"),
             schema=data.get("schema"),
-            extra=extra,
+            extra=json.loads(extra) if isinstance(extra, str) else dict(extra),
         )
+
+    def as_json(self) -> str:
+        """Airflow's JSON form (what an ``AIRFLOW_CONN_*`` variable or ``--conn-json`` takes)."""
+        fields = {
+            "conn_type": self.conn_type,
+            "host": self.host,
+            "port": self.port,
+            "login": self.login,
+            "password": self.password,
+            "schema": self.schema,
+            "extra": self.extra,
+        }
+        return json.dumps({k: v for k, v in fields.items() if v not in (None, "", {})})
+
+
+def _normalize_conn_type(conn_type: str) -> str:
+    """As Airflow's Connection: ``postgresql`` is ``postgres``, ``-`` becomes ``_``."""
+    return "postgres" if conn_type == "postgresql" else conn_type.replace("-", "_")
+
+
+def parse_connection(conn_id: str, value: str) -> Connection:
+    """An ``AIRFLOW_CONN_*`` value: Airflow's JSON form, or a URI parsed by Airflow's own
+    ``Connection.from_uri`` (imported only then)."""
+    value = value.strip()
+    if value.startswith("{"):
+        return Connection.from_json(conn_id, value)
+    from airflow.sdk.definitions.connection import Connection as AirflowConnection
+
+    return Connection.from_airflow(AirflowConnection.from_uri(value, conn_id=conn_id))
 
 
 def env_var_name(conn_id: str) -> str:
@@ -100,10 +126,7 @@ def get_connection(conn_id: str) -> Connection:
             f"No connection '{conn_id}': set {env_var_name(conn_id)} or start the embedded "
             "services with `make services`."
         )
-    value = value.strip()
-    if value.startswith("{"):
-        return Connection.from_json(conn_id, value)
-    return Connection.from_uri(conn_id, value)
+    return parse_connection(conn_id, value)
 
 
 def resolve_path(path: str | os.PathLike[str]) -> Path:

@@ -13,7 +13,6 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pandas as pd
 import pyarrow as pa
@@ -33,8 +32,12 @@ TRANSIT_TABLES = {
 
 
 def engine(conn_id: str = "postgres_default") -> Engine:
-    """A SQLAlchemy engine (psycopg2) for an Airflow postgres connection."""
-    conn = get_connection(conn_id)
+    """A SQLAlchemy engine (psycopg2) for an Airflow postgres connection id."""
+    return engine_for(get_connection(conn_id))
+
+
+def engine_for(conn: Connection) -> Engine:
+    """A SQLAlchemy engine (psycopg2) for a resolved postgres connection."""
     url = URL.create(
         "postgresql+psycopg2",
         username=conn.login,
@@ -45,12 +48,6 @@ def engine(conn_id: str = "postgres_default") -> Engine:
         query={k: v for k, v in conn.extra.items() if k in {"sslmode", "options"}},
     )
     return create_engine(url, pool_pre_ping=True)
-
-
-def connection_uri(conn: Connection) -> str:
-    """A connection as the URI that an ``AIRFLOW_CONN_*`` variable holds."""
-    auth = f"{quote(conn.login or '', safe='')}:{quote(conn.password or '', safe='')}@"
-    return f"postgresql://{auth}{conn.host}:{conn.port or 5432}/{quote(conn.schema or '')}"
 
 
 def fresh_database(conn_id: str, name: str) -> Connection:
@@ -345,8 +342,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def log_metrics(eng: Engine, run_id: str, step: str, started_at: datetime) -> dict[str, float]:
-    """Record a step's wall time and peak RSS in ``audit.step_metrics``; returns them."""
+def log_metrics(
+    eng: Engine, run_id: str, step: str, started_at: datetime, source: str | None = None
+) -> dict[str, float]:
+    """Record a step's wall time and peak RSS in ``audit.step_metrics`` (``source``: the
+    delivered file of a per-file step); returns them."""
     metrics = {
         "wall_seconds": round((datetime.now(started_at.tzinfo) - started_at).total_seconds(), 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -355,13 +355,14 @@ def log_metrics(eng: Engine, run_id: str, step: str, started_at: datetime) -> di
         conn.execute(
             text(
                 """
-                insert into audit.step_metrics (run_id, step, wall_seconds, peak_rss_mb)
-                values (:run_id, :step, :wall_seconds, :peak_rss_mb)
-                on conflict (run_id, step) do update set wall_seconds = excluded.wall_seconds,
-                    peak_rss_mb = excluded.peak_rss_mb, recorded_at = now()
+                insert into audit.step_metrics (run_id, step, source, wall_seconds, peak_rss_mb)
+                values (:run_id, :step, :source, :wall_seconds, :peak_rss_mb)
+                on conflict (run_id, step, source) do update set
+                    wall_seconds = excluded.wall_seconds, peak_rss_mb = excluded.peak_rss_mb,
+                    recorded_at = now()
                 """
             ),
-            {"run_id": run_id, "step": step, **metrics},
+            {"run_id": run_id, "step": step, "source": source or "", **metrics},
         )
     return metrics
 

@@ -30,7 +30,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     services.use_services()
     test_db = warehouse.fresh_database("postgres_default", TEST_DATABASE)
-    os.environ[env_var_name("postgres_default")] = warehouse.connection_uri(test_db)
+    os.environ[env_var_name("postgres_default")] = test_db.as_json()
     params = load_params("local")
     storage.ensure_buckets(
         storage.s3_client("minio_default"),

@@ -1,43 +1,67 @@
 import json
 
 import pytest
+from airflow.sdk.definitions.connection import Connection as AirflowConnection
 
-from medallion.settings import Connection, ConnectionNotFound, get_connection, run_slug
+from medallion.settings import (
+    Connection,
+    ConnectionNotFound,
+    get_connection,
+    parse_connection,
+    run_slug,
+)
+
+JSON_FORMS = [
+    {"conn_type": "aws", "login": "k", "password": "s", "extra": {"endpoint_url": "http://h:9"}},
+    {"conn_type": "postgresql", "host": "h", "port": "5433", "login": "u", "schema": "ventas"},
+    {"conn_type": "generic-http", "host": "h", "extra": json.dumps({"a": 1})},
+    {"conn_type": "postgres", "host": "h", "password": "p@ss:/?", "extra": ""},
+]
 
 
-def test_uri_connection_is_parsed_like_airflow():
-    conn = Connection.from_uri("pg", "postgresql://user:p%40ss@127.0.0.1:5433/ventas")
-    assert (conn.conn_type, conn.host, conn.port, conn.login, conn.password, conn.schema) == (
+def fields(conn) -> tuple:
+    return (
+        conn.conn_type,
+        conn.host,
+        conn.port,
+        conn.login,
+        conn.password,
+        conn.schema,
+        dict(conn.extra_dejson) if hasattr(conn, "extra_dejson") else conn.extra,
+    )
+
+
+@pytest.mark.parametrize("form", JSON_FORMS, ids=lambda f: f["conn_type"])
+def test_json_form_reads_as_airflow_reads_it(form):
+    value = json.dumps(form)
+    assert fields(parse_connection("c", value)) == fields(AirflowConnection.from_json(value, "c"))
+
+
+def test_uri_is_parsed_by_airflow():
+    uri = "postgresql://user:p%40ss@127.0.0.1:5433/ventas?sslmode=require"
+    conn = parse_connection("pg", uri)
+    assert fields(conn) == fields(AirflowConnection.from_uri(uri, conn_id="pg"))
+    assert (conn.conn_type, conn.password, conn.port, conn.extra) == (
         "postgres",
-        "127.0.0.1",
-        5433,
-        "user",
         "p@ss",
-        "ventas",
+        5433,
+        {"sslmode": "require"},
     )
 
 
-def test_json_connection_keeps_extra():
-    text = json.dumps(
-        {
-            "conn_type": "aws",
-            "login": "k",
-            "password": "s",
-            "extra": {"endpoint_url": "http://127.0.0.1:9000"},
-        }
-    )
-    conn = Connection.from_json("minio", text)
-    assert conn.extra["endpoint_url"] == "http://127.0.0.1:9000"
-    assert conn.password == "s"
+def test_as_json_round_trips_through_airflow():
+    conn = Connection("pg", "postgres", "h", 5432, "u", "s3cr:t", "db", {"sslmode": "disable"})
+    again = AirflowConnection.from_json(conn.as_json(), "pg")
+    assert fields(again) == fields(conn)
 
 
 def test_password_is_not_in_repr():
-    conn = Connection.from_uri("pg", "postgresql://user:topsecret@host/db")
+    conn = parse_connection("pg", '{"conn_type": "postgres", "password": "topsecret"}')
     assert "topsecret" not in repr(conn)
 
 
 def test_environment_variable_wins(monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_SOME_DB", "postgresql://a:b@h:1/d")
+    monkeypatch.setenv("AIRFLOW_CONN_SOME_DB", '{"conn_type": "postgres", "host": "h"}')
     assert get_connection("some_db").host == "h"
 
 
