@@ -3,42 +3,80 @@
 
 Sales files (CSV/JSON) -> bronze -> silver -> gold -> PostgreSQL star schema.
 
-Each step is a parameterized notebook run by papermill (`NotebookOperator`, a PapermillOperator
-that does not retry a file that breaks the data contract); the executed copy of every notebook
-is kept under `outputs/<run_id>/` as the log of the run. Then `merge_staging` merges the run's
-transit rows (`public.bulk_*`) into `staging` (`staging.sp_merge_operaciones_ventas`) and
-`publish_gate` checks the result (`staging.sp_publish_gate`): reconciliation with silver, keys.
+1. `prepare_run` resolves the run's notebook parameters (parameter set `params/<env>.yaml`,
+   Params below) and creates `outputs/<run_id>/`.
+2. `discover_deliveries` looks at the input (a file, or a folder such as `incoming/`) and
+   the delivery ledger `audit.deliveries`: a file whose exact content was loaded before is
+   skipped; new, changed and failed files are processed.
+3. `files`: per new file (dynamic task mapping), notebook 01 (bronze) then notebook 02
+   (silver), each executed copy named after the file. A file that breaks the data contract
+   fails its own task at once (no retries); the other files go on.
+4. Once per run, over the files that reached silver: notebook 03 (gold), notebook 04 (load
+   into `public.bulk_*`), `merge_staging` and `publish_gate` (stored procedures).
+5. `record_deliveries` (always) marks each file loaded or failed in the ledger and fails the
+   run, naming the files and why, if any file failed.
 
-**Params** (also `dag_run.conf`): `input_path` (file or folder; default from the parameter set),
-`params_env` (`local` or `docker`; default Variable `medallion_params_env`, else `local`),
-`scd_type_cliente` (1 or 2), `merge_strategy` (`auto`, `merge`, `upsert`).
-**Connections**: `minio_default` (aws, `endpoint_url` in extra), `postgres_default`.
+**Params** (also `dag_run.conf`): `input_path` (file or folder; default from the parameter
+set), `params_env` (`local` or `docker`; default Variable `medallion_params_env`, else
+`local`), `minio_conn_id` / `postgres_conn_id` (default from the parameter set),
+`reprocess` (load files the ledger already has), `scd_type_cliente` (1 or 2),
+`merge_strategy` (`auto`, `merge`, `upsert`).
+**Schedule**: none, or the cron in the environment variable `MEDALLION_SCHEDULE` (each run
+then takes what is new in the input folder).
 """
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
 from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Asset, Param, task, task_group
+from airflow.task.trigger_rule import TriggerRule
 
 from medallion.operators import NotebookOperator
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["01_bronze_ingest", "02_silver_clean", "03_gold_model", "04_load_postgres"]
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+RUN = "ti.xcom_pull(task_ids='prepare_run')"
+# What each layer publishes: a downstream DAG can be scheduled on the warehouse asset.
+BRONZE, SILVER, GOLD, WAREHOUSE = (
+    Asset(name=f"ventas_{layer}", uri=f"medallion://ventas/{layer}")
+    for layer in ("bronze", "silver", "gold", "staging")
+)
+
+
+def notebook(name: str, **kwargs) -> NotebookOperator:
+    return NotebookOperator(
+        task_id=name,
+        input_nb=str(NOTEBOOKS / f"{name}.ipynb"),
+        kernel_name="python3",
+        language_name="python",
+        **kwargs,
+    )
+
 
 with DAG(
     dag_id="medallion_ventas",
     doc_md=__doc__,
-    schedule=None,
+    schedule=os.environ.get("MEDALLION_SCHEDULE") or None,
     catchup=False,
     max_active_runs=1,
     tags=["medallion", "ventas", "papermill"],
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "datos"},
+    default_args={
+        "owner": "datos",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=20),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=10),
+        "execution_timeout": timedelta(hours=1),
+    },
     params={
         "input_path": Param(None, type=["null", "string"], description="File or folder"),
         "params_env": Param(None, type=["null", "string"], description="local | docker"),
+        "minio_conn_id": Param(None, type=["null", "string"], description="S3 connection id"),
+        "postgres_conn_id": Param(None, type=["null", "string"], description="Warehouse id"),
+        "reprocess": Param(False, type="boolean", description="Load already loaded files too"),
         "scd_type_cliente": Param(1, enum=[1, 2], description="dim_cliente: SCD type 1 or 2"),
         "merge_strategy": Param(
             "auto",
@@ -49,7 +87,7 @@ with DAG(
     render_template_as_native_obj=True,
 ) as dag:
 
-    @task
+    @task(execution_timeout=timedelta(minutes=5))
     def prepare_run(params: dict | None = None, run_id: str | None = None) -> dict:
         """Resolve this run's notebook parameters and create its outputs folder."""
         from airflow.sdk import Variable
@@ -59,25 +97,78 @@ with DAG(
         params_env = params.get("params_env") or Variable.get(
             "medallion_params_env", default="local"
         )
-        return prepare(run_id=run_id, params_env=params_env, input_path=params.get("input_path"))
+        return prepare(run_id=run_id, params_env=params_env, overrides=params)
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def discover_deliveries(run: dict, params: dict | None = None) -> list[dict]:
+        """What this run loads: the input's new files, per the delivery ledger."""
+        from medallion.operators import use_connections
+        from medallion.runs import discover
+
+        use_connections(run["notebook_parameters"])
+        return discover(run, reprocess=bool(params.get("reprocess")))
+
+    @task
+    def file_tasks(deliveries: list[dict]) -> list[dict]:
+        """The arguments of the per-file notebooks, for the files to process."""
+        return [d["notebooks"] for d in deliveries if d["notebooks"]]
+
+    @task_group(group_id="files")
+    def per_file(bronze_nb: str, silver_nb: str, bronze_parameters: dict, silver_parameters: dict):
+        bronze = notebook(
+            "01_bronze_ingest",
+            output_nb=bronze_nb,
+            parameters=bronze_parameters,
+            outlets=[BRONZE],
+            map_index_template="{{ task.parameters['input_path'].rsplit('/', 1)[-1] }}",
+        )
+        silver = notebook(
+            "02_silver_clean",
+            output_nb=silver_nb,
+            parameters=silver_parameters,
+            outlets=[SILVER],
+            map_index_template="{{ task.parameters['source_file'] }}",
+        )
+        bronze >> silver
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0, execution_timeout=timedelta(minutes=5))
+    def record_deliveries(ti=None, dag_run=None) -> dict:
+        """Loaded or failed, file by file, in the ledger; the run fails if a file failed."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from medallion.operators import use_connections
+        from medallion.runs import finish_run
+
+        run = ti.xcom_pull(task_ids="prepare_run")
+        deliveries = ti.xcom_pull(task_ids="discover_deliveries")
+        if run is None or deliveries is None:
+            raise AirflowFailException("The run stopped before its files were known.")
+        use_connections(run["notebook_parameters"])
+        states = ti.get_task_states(dag_id=dag_run.dag_id, run_ids=[dag_run.run_id])
+        result = finish_run(run, deliveries, states.get(dag_run.run_id, {}))
+        if result["failed"]:
+            raise AirflowFailException(result["message"])
+        return result
 
     run = prepare_run()
-    previous = run
-    for name in NOTEBOOKS:
-        notebook = NotebookOperator(
-            task_id=name,
-            input_nb=str(PROJECT_ROOT / "notebooks" / f"{name}.ipynb"),
-            output_nb="{{ ti.xcom_pull(task_ids='prepare_run')['output_dir'] }}/" + f"{name}.ipynb",
-            parameters="{{ ti.xcom_pull(task_ids='prepare_run')['notebook_parameters'] }}",
-            kernel_name="python3",
-            language_name="python",
-        )
-        previous >> notebook
-        previous = notebook
-
+    deliveries = discover_deliveries(run)
+    files = per_file.expand_kwargs(file_tasks(deliveries))
+    # Once per run, over the files that reached silver (a bad file does not hold the others)
+    gold = notebook(
+        "03_gold_model",
+        output_nb="{{ " + RUN + "['output_dir'] }}/03_gold_model.ipynb",
+        parameters="{{ " + RUN + "['notebook_parameters'] }}",
+        trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
+        outlets=[GOLD],
+    )
+    load = notebook(
+        "04_load_postgres",
+        output_nb="{{ " + RUN + "['output_dir'] }}/04_load_postgres.ipynb",
+        parameters="{{ " + RUN + "['notebook_parameters'] }}",
+    )
     merge = SQLExecuteQueryOperator(
         task_id="merge_staging",
-        conn_id="postgres_default",
+        conn_id="{{ " + RUN + "['notebook_parameters']['postgres_conn_id'] }}",
         sql="call staging.sp_merge_operaciones_ventas(%(run_id)s, %(scd_type)s, %(strategy)s)",
         parameters={
             "run_id": "{{ run_id }}",
@@ -88,7 +179,7 @@ with DAG(
     )
     publish_gate = SQLExecuteQueryOperator(
         task_id="publish_gate",
-        conn_id="postgres_default",
+        conn_id="{{ " + RUN + "['notebook_parameters']['postgres_conn_id'] }}",
         # the gate deletes the run's transit rows; VACUUM gives their space back at once, so
         # that the next run does not scan millions of dead rows (it cannot run in a procedure)
         sql=[
@@ -98,5 +189,7 @@ with DAG(
         ],
         parameters={"run_id": "{{ run_id }}"},
         autocommit=True,
+        outlets=[WAREHOUSE],
     )
-    previous >> merge >> publish_gate
+    files >> gold >> load >> merge >> publish_gate
+    [deliveries, publish_gate] >> record_deliveries()

@@ -24,18 +24,19 @@ class Delivery:
     status: str  # uploaded | already in bronze
 
 
-def list_input_files(input_path: Path) -> list[Path]:
-    """The CSV/JSON files of a delivery: one file, or every supported file in a folder (sorted)."""
+def list_input_files(input_path: Path, allow_empty: bool = False) -> list[Path]:
+    """The CSV/JSON files of a delivery: one file, or every supported file directly in a folder
+    (sorted by name; subfolders are not read, so names are unique within a delivery)."""
     if not input_path.exists():
         raise FileNotFoundError(f"Input path {input_path} does not exist")
     if input_path.is_file():
         return [input_path]
     files = sorted(
         p
-        for p in input_path.rglob("*")
+        for p in input_path.iterdir()
         if p.is_file() and logical_suffix(p) in SUPPORTED and not p.name.startswith(".")
     )
-    if not files:
+    if not files and not allow_empty:
         raise FileNotFoundError(
             f"No CSV or JSON files in {input_path} (looked for {sorted(SUPPORTED)}, also .gz)"
         )

@@ -12,11 +12,12 @@ import os
 import sys
 import time
 
-from medallion import services, storage, warehouse
+from medallion import ledger, services, storage, warehouse
 from medallion.runs import airflow_env, notebook_errors, run_dag, summary
-from medallion.settings import LOCAL_DIR, OUTPUTS_DIR, load_params, run_slug
+from medallion.settings import LOCAL_DIR, OUTPUTS_DIR, PROJECT_ROOT, load_params, run_slug
 
 use_services = services.use_services
+SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
 
 
 def bootstrap(params_env: str) -> None:
@@ -32,7 +33,17 @@ def bootstrap(params_env: str) -> None:
 def print_summary(result: dict) -> None:
     print("\n== medallion_ventas: resumen de la ejecución ==")
     print(f"run_id:                {result['run_id']}")
-    print(f"archivos:              {result['files']}")
+    new = [d for d in result["deliveries"] if d["decision"] in ledger.TO_PROCESS]
+    print(f"archivos nuevos:       {len(new)} de {len(result['deliveries'])}")
+    for d in result["deliveries"]:
+        outcome = DELIVERY_STATUS.get(d["status"], d["status"]) if d in new else ""
+        note = f" ({d['note']})" if d["note"] else ""
+        print(
+            f"  {d['file']:<36} {DECISIONS[d['decision']]}{note}{' -> ' if outcome else ''}"
+            f"{outcome}"
+        )
+    if not new:
+        return
     print(f"líneas leídas:         {result['lines_read']}")
     print(f"filas a silver:        {result['rows_to_silver']}")
     print(f"filas en cuarentena:   {result['rows_quarantined']}")
@@ -55,34 +66,59 @@ def print_summary(result: dict) -> None:
     print(f"notebooks ejecutados:  {result['outputs']}")
 
 
+# What the CLI says about each file of a run (the ledger's words in Spanish)
+DECISIONS = {
+    ledger.NEW: "nuevo",
+    ledger.CHANGED: "cambiado",
+    ledger.RETRY: "reintento",
+    ledger.REPROCESS: "reproceso",
+    ledger.ALREADY_LOADED: "ya cargado, se omite",
+    ledger.DUPLICATE: "duplicado, se omite",
+}
+DELIVERY_STATUS = {"loaded": "cargado", "failed": "falló", "processing": "sin terminar"}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     print(f"servicios: {use_services()}")
     bootstrap(args.params_env)
     conf = {
         "params_env": args.params_env,
+        "input_path": os.path.abspath(args.input),
+        "reprocess": args.reprocess,
         "scd_type_cliente": args.scd_type_cliente,
         "merge_strategy": args.merge_strategy,
     }
-    if args.input:
-        conf["input_path"] = os.path.abspath(args.input)
     log_file = LOCAL_DIR / "airflow" / "last_run.log"
     print(f"ejecutando el DAG medallion_ventas (log de Airflow: {log_file}) ...", flush=True)
-    result = run_dag(conf, airflow_env(), log_file)
-    outputs = OUTPUTS_DIR / run_slug(result["run_id"])
-    if result["state"] != "success":
-        errors = notebook_errors(OUTPUTS_DIR / run_slug(result["run_id"]))
-        print(f"\nEl DAG falló (run {result['run_id']}).", file=sys.stderr)
-        if errors:
-            print("\n".join(errors), file=sys.stderr)
-        else:
-            print("".join(log_file.read_text().splitlines(keepends=True)[-40:]), file=sys.stderr)
-        print(f"Notebooks ejecutados: {outputs}; log de Airflow: {log_file}", file=sys.stderr)
-        return 1
+    result = run_dag(conf, airflow_env(), log_file, progress=lambda line: print(line, flush=True))
     params = load_params(args.params_env)
-    print_summary(summary(warehouse.engine(params["postgres_conn_id"]), result["run_id"]))
+    eng = warehouse.engine(params["postgres_conn_id"])
+    run_summary = summary(eng, result["run_id"])
+    print_summary(run_summary)
+    if result["state"] != "success":
+        print_failure(result["run_id"], run_summary, log_file)
+        return 1
     print(f"tiempo total:          {time.monotonic() - started:.1f} s")
     return 0
+
+
+def print_failure(run_id: str, run_summary: dict, log_file) -> None:
+    """Why a run failed: the ledger's reasons per file, else the notebooks' errors, else the
+    end of Airflow's log."""
+    outputs = OUTPUTS_DIR / run_slug(run_id)
+    print(f"\nEl DAG falló (run {run_id}).", file=sys.stderr)
+    reasons = [
+        f"{d['file']}: {d['message']}"
+        for d in run_summary["deliveries"]
+        if d["message"] and d["status"] == "failed"
+    ]
+    errors = reasons or notebook_errors(outputs)
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+    else:
+        print("".join(log_file.read_text().splitlines(keepends=True)[-40:]), file=sys.stderr)
+    print(f"Notebooks ejecutados: {outputs}; log de Airflow: {log_file}", file=sys.stderr)
 
 
 def cmd_services(args: argparse.Namespace) -> int:
@@ -110,7 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medallion")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the DAG once on the sample or on --input")
-    run.add_argument("--input", help="CSV/JSON file or folder (default: the parameter set's)")
+    run.add_argument(
+        "--input", default=str(SAMPLE_DIR), help="CSV/JSON file or folder (default: the sample)"
+    )
+    run.add_argument(
+        "--reprocess", action="store_true", help="also load files the ledger already has"
+    )
     run.add_argument("--params-env", default="local")
     run.add_argument("--scd-type-cliente", type=int, choices=[1, 2], default=1)
     run.add_argument("--merge-strategy", choices=["auto", "merge", "upsert"], default="auto")

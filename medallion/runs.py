@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
 
+from medallion import ledger, storage, warehouse
 from medallion.settings import (
     LOCAL_DIR,
     OUTPUTS_DIR,
@@ -24,18 +30,122 @@ DAG_ID = "medallion_ventas"
 AIRFLOW_HOME = LOCAL_DIR / "airflow"
 
 
+# Params of the DAG that override the parameter set's values for one run
+OVERRIDABLE = ("input_path", "minio_conn_id", "postgres_conn_id")
+
+
 def prepare_run(
-    run_id: str, params_env: str | None = None, input_path: str | None = None
+    run_id: str, params_env: str | None = None, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The parameters every notebook of this run gets, and the folder for its executed copies."""
     parameters = load_params(params_env or "local")
-    if input_path:
-        parameters["input_path"] = input_path
+    parameters.update({k: v for k, v in (overrides or {}).items() if k in OVERRIDABLE and v})
     parameters["input_path"] = str(resolve_path(parameters["input_path"]))
     parameters["run_id"] = run_id
     output_dir = OUTPUTS_DIR / run_slug(run_id)
     output_dir.mkdir(parents=True, exist_ok=True)  # papermill does not create it
     return {"notebook_parameters": parameters, "output_dir": str(output_dir)}
+
+
+def discover(run: dict[str, Any], reprocess: bool = False) -> list[dict[str, Any]]:
+    """The run's input file by file, as the ledger decided; a file to process carries the
+    arguments of its two notebooks (bronze and silver), named after it."""
+    parameters = run["notebook_parameters"]
+    found = ledger.discover(
+        warehouse.engine(parameters["postgres_conn_id"]),
+        Path(parameters["input_path"]),
+        parameters["run_id"],
+        reprocess,
+    )
+    return [
+        {**asdict(d), "notebooks": _file_notebooks(run, d) if d.to_process else None} for d in found
+    ]
+
+
+def _file_notebooks(run: dict[str, Any], delivery: ledger.Delivery) -> dict[str, Any]:
+    parameters = {**run["notebook_parameters"], "input_path": delivery.path}
+    return {
+        "bronze_nb": str(_notebook_path(run, "01_bronze_ingest", delivery.file_name)),
+        "silver_nb": str(_notebook_path(run, "02_silver_clean", delivery.file_name)),
+        "bronze_parameters": parameters,
+        "silver_parameters": {**parameters, "source_file": delivery.file_name},
+    }
+
+
+def _notebook_path(run: dict[str, Any], notebook: str, file_name: str) -> Path:
+    """``outputs/<run>/01_bronze_ingest__ventas.csv.ipynb``: one executed copy per file."""
+    return Path(run["output_dir"]) / f"{notebook}__{run_slug(file_name)}.ipynb"
+
+
+def finish_run(
+    run: dict[str, Any], deliveries: list[dict[str, Any]], task_states: dict[str, str]
+) -> dict[str, Any]:
+    """Close the run's files in the ledger: a file is loaded when its lines reached silver
+    (its silver manifest, which is what gold read) and the run was published; otherwise it
+    failed, with the reason its notebooks or the failed tasks give."""
+    parameters = run["notebook_parameters"]
+    run_id = parameters["run_id"]
+    eng = warehouse.engine(parameters["postgres_conn_id"])
+    s3 = storage.s3_client(parameters["minio_conn_id"])
+    published = _published(eng, run_id)
+    failed_tasks = sorted(t for t, state in task_states.items() if state in FAILED_STATES)
+    outcome: dict[tuple[str, str], str | None] = {}
+    for d in (d for d in deliveries if d["notebooks"]):
+        outcome[(d["file_name"], d["sha256"])] = _file_failure(s3, run, d, published, failed_tasks)
+    ledger.record_outcome(eng, run_id, outcome)
+    failures = [f"{name}: {reason}" for (name, _), reason in outcome.items() if reason]
+    skipped = [d["file_name"] for d in deliveries if not d["notebooks"]]
+    message = (
+        f"{len(failures)} of {len(outcome)} new file(s) failed:\n- " + "\n- ".join(failures)
+        if failures
+        else f"{len(outcome)} new file(s) loaded, {len(skipped)} skipped"
+    )
+    return {
+        "loaded": len(outcome) - len(failures),
+        "failed": len(failures),
+        "skipped": len(skipped),
+        "message": message,
+    }
+
+
+FAILED_STATES = {"failed", "upstream_failed"}
+
+
+def _published(eng, run_id: str) -> bool:
+    with eng.connect() as conn:
+        return bool(
+            conn.execute(
+                text(
+                    "select count(*) from audit.run_log where run_id = :r "
+                    "and step = 'publish' and status = 'success'"
+                ),
+                {"r": run_id},
+            ).scalar()
+        )
+
+
+def _file_failure(
+    s3, run: dict[str, Any], d: dict[str, Any], published: bool, failed_tasks: list[str]
+) -> str | None:
+    """None when the file was loaded, else why not."""
+    parameters = run["notebook_parameters"]
+    run_id = parameters["run_id"]
+    silver_key = storage.manifest_key(run_id, "silver", d["file_name"])
+    if not storage.object_exists(s3, parameters["silver_bucket"], silver_key):
+        for notebook in ("01_bronze_ingest", "02_silver_clean"):
+            error = notebook_error(_notebook_path(run, notebook, d["file_name"]))
+            if error:
+                return error
+        return "its bronze or silver step did not finish"
+    bronze = storage.get_json(
+        s3, parameters["bronze_bucket"], storage.manifest_key(run_id, "bronze", d["file_name"])
+    )
+    if bronze["sha256"] != d["sha256"]:
+        return "the file changed while the run read it; the next run takes the new content"
+    if not published:
+        after_silver = [t for t in failed_tasks if not t.startswith("files.")]
+        return "the run was not published (failed: " + (", ".join(after_silver) or "?") + ")"
+    return None
 
 
 def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -69,23 +179,79 @@ def _airflow_bin() -> str:
     return str(Path(sys.executable).parent / "airflow")
 
 
-def run_dag(conf: dict[str, Any], env: dict[str, str], log_file: Path) -> dict[str, str]:
-    """Run the DAG once (as `airflow dags test` does) in a child process: run id and state."""
+def run_dag(
+    conf: dict[str, Any],
+    env: dict[str, str],
+    log_file: Path,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """Run the DAG once (as `airflow dags test` does) in a child process: run id and state.
+    ``progress`` gets a line for each task as it finishes."""
     ensure_airflow_db(env)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     result_file = log_file.with_suffix(".result.json")
     result_file.unlink(missing_ok=True)
+    tasks = TaskProgress(Path(env["AIRFLOW_HOME"]) / "airflow.db")
     with log_file.open("w") as log:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "medallion.runs", json.dumps(conf), str(result_file)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            check=False,
         )
+        while proc.poll() is None:
+            time.sleep(0.5)
+            for line in tasks.finished() if progress else ():
+                progress(line)
+    for line in tasks.finished() if progress else ():
+        progress(line)
     if not result_file.exists():
         raise RuntimeError(f"The DAG did not run (exit {proc.returncode}); see {log_file}")
     return json.loads(result_file.read_text())
+
+
+class TaskProgress:
+    """Task instances of the newest run in an embedded Airflow's SQLite metadata, reported
+    once each as they finish (read-only; a busy database is read again at the next call)."""
+
+    FINISHED = ("success", "failed", "skipped", "upstream_failed", "up_for_retry", "removed")
+
+    def __init__(self, db: Path):
+        self.db = db
+        self.reported: set[tuple] = set()
+        self.after_run = self._query("select coalesce(max(id), 0) from dag_run") or [(0,)]
+
+    def _query(self, sql: str, *args) -> list[tuple] | None:
+        if not self.db.exists():
+            return None
+        try:
+            with closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=0.2)) as c:
+                return c.execute(sql, args).fetchall()
+        except sqlite3.Error:
+            return None
+
+    def finished(self) -> list[str]:
+        rows = self._query(
+            f"""select ti.task_id, ti.map_index, ti.rendered_map_index, ti.try_number, ti.state,
+                       ti.duration
+                from task_instance ti join dag_run dr
+                  on dr.dag_id = ti.dag_id and dr.run_id = ti.run_id
+                where dr.dag_id = ? and dr.id > ?
+                  and ti.state in ({", ".join("?" * len(self.FINISHED))})
+                order by ti.end_date, ti.task_id, ti.map_index""",
+            DAG_ID,
+            self.after_run[0][0],
+            *self.FINISHED,
+        )
+        lines = []
+        for task_id, map_index, file_name, try_number, state, duration in rows or []:
+            if (key := (task_id, map_index, try_number, state)) in self.reported:
+                continue
+            self.reported.add(key)
+            name = task_id if map_index < 0 else f"{task_id} [{file_name or map_index}]"
+            seconds = f"{duration:7.1f} s" if duration is not None else ""
+            lines.append(f"  {name:<52} {state:<16}{seconds}")
+        return lines
 
 
 def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
@@ -100,16 +266,21 @@ def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
     return 0 if state == "success" else 1
 
 
+def notebook_error(path: Path) -> str | None:
+    """The error an executed notebook stopped on ('<ename>: <evalue>'), if any."""
+    if not path.exists():
+        return None
+    for cell in json.loads(path.read_text()).get("cells", []):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                return f"{output['ename']}: {output['evalue']}"
+    return None
+
+
 def notebook_errors(output_dir: Path) -> list[str]:
     """The error each executed notebook of a run stopped on, as '<notebook>: <error>'."""
-    errors = []
-    for path in sorted(output_dir.glob("*.ipynb")):
-        cells = json.loads(path.read_text()).get("cells", [])
-        for cell in cells:
-            for output in cell.get("outputs", []):
-                if output.get("output_type") == "error":
-                    errors.append(f"{path.stem}: {output['ename']}: {output['evalue']}")
-    return errors
+    errors = ((path.stem, notebook_error(path)) for path in sorted(output_dir.glob("*.ipynb")))
+    return [f"{name}: {error}" for name, error in errors if error]
 
 
 def summary(eng, run_id: str) -> dict[str, Any]:
@@ -131,6 +302,14 @@ def summary(eng, run_id: str) -> dict[str, Any]:
                     where run_id = :r and step = 'merge' order by source"""),
             {"r": run_id},
         ).all()
+        deliveries = conn.execute(
+            text("""select r.source, r.status, r.details ->> 'note', d.status, d.message
+                    from audit.run_log as r
+                    left join audit.deliveries as d
+                      on d.file_name = r.source and d.sha256 = r.details ->> 'sha256'
+                    where r.run_id = :r and r.step = 'discover' order by r.source"""),
+            {"r": run_id},
+        ).all()
         tables = {}
         for name in (
             "dim_inventario",
@@ -143,6 +322,10 @@ def summary(eng, run_id: str) -> dict[str, Any]:
             ).scalar_one()
     return {
         "run_id": run_id,
+        "deliveries": [
+            {"file": f, "decision": decision, "note": note, "status": status, "message": msg}
+            for f, decision, note, status, msg in deliveries
+        ],
         "files": silver[3],
         "lines_read": silver[0],
         "rows_to_silver": silver[1],

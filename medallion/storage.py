@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from minio import Minio
 from minio.error import S3Error
 
-from medallion.settings import Connection, get_connection
+from medallion.settings import Connection, get_connection, run_slug
 
 
 def s3_client(conn: str | Connection = "minio_default") -> Minio:
@@ -72,11 +72,51 @@ def get_json(client: Minio, bucket: str, key: str) -> Any:
         response.release_conn()
 
 
-def manifest_key(run_id: str, step: str) -> str:
-    """Where a step records what it wrote for a run; the next step reads only that."""
-    from medallion.settings import run_slug
+# The notebook that writes each step's manifests (named in the error of a notebook run too early).
+STEP_NOTEBOOKS = {
+    "bronze": "01_bronze_ingest",
+    "silver": "02_silver_clean",
+    "gold": "03_gold_model",
+}
 
-    return f"_manifests/{run_slug(run_id)}/{step}.json"
+
+def manifest_key(run_id: str, step: str, file_name: str | None = None) -> str:
+    """Where a step records what it wrote for a run, or for one delivered file of the run;
+    the next step reads only that."""
+    if file_name is None:
+        return f"_manifests/{run_slug(run_id)}/{step}.json"
+    return f"{_file_manifests_prefix(run_id, step)}{run_slug(file_name)}.json"
+
+
+def _file_manifests_prefix(run_id: str, step: str) -> str:
+    return f"_manifests/{run_slug(run_id)}/{step}/"
+
+
+def file_manifests(
+    client: Minio, bucket: str, run_id: str, step: str, file_name: str | None = None
+) -> list[dict]:
+    """The per-file manifests a step wrote for a run (only ``file_name``'s if given), in file
+    name order. None at all means the step has not run for this run id: the error says so."""
+    if file_name:
+        keys = [manifest_key(run_id, step, file_name)]
+        keys = [k for k in keys if object_exists(client, bucket, k)]
+    else:
+        prefix = _file_manifests_prefix(run_id, step)
+        keys = sorted(o.object_name for o in client.list_objects(bucket, prefix=prefix))
+    if not keys:
+        what = f"file {file_name!r} of run {run_id!r}" if file_name else f"run {run_id!r}"
+        raise LookupError(
+            f"No {step} output for {what} in s3://{bucket}: run the {step} notebook "
+            f"({STEP_NOTEBOOKS.get(step, step)}) for this run id first."
+        )
+    return [get_json(client, bucket, key) for key in keys]
+
+
+def clear_file_manifests(client: Minio, bucket: str, run_id: str, step: str) -> None:
+    """Forget a run's per-file manifests of a step (a notebook re-run over a whole delivery
+    under the same run id, e.g. in JupyterLab, starts from its own files only)."""
+    for o in client.list_objects(bucket, prefix=_file_manifests_prefix(run_id, step)):
+        client.remove_object(bucket, o.object_name)
 
 
 @contextmanager

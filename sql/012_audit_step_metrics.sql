@@ -8,3 +8,15 @@ create table if not exists audit.step_metrics (
     recorded_at  timestamptz not null default now(),
     primary key (run_id, step)
 );
+
+-- Bronze and silver run once per delivered file: one row per run, step and file ('' for a
+-- step over the whole run).
+alter table audit.step_metrics add column if not exists source text not null default '';
+do $$
+begin
+    if (select array_length(conkey, 1) from pg_constraint
+        where conname = 'step_metrics_pkey' and conrelid = 'audit.step_metrics'::regclass) = 2 then
+        alter table audit.step_metrics drop constraint step_metrics_pkey,
+            add primary key (run_id, step, source);
+    end if;
+end $$;

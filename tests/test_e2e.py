@@ -25,6 +25,11 @@ TABLES = {
 
 def run_pipeline(*args: str) -> str:
     """`python -m medallion.cli run` as `make run` calls it; returns the run id it printed."""
+    return re.search(r"^run_id:\s+(\S+)", run_pipeline_output(*args), re.M).group(1)
+
+
+def run_pipeline_output(*args: str) -> str:
+    """What `python -m medallion.cli run` printed; the run must succeed."""
     proc = subprocess.run(
         [sys.executable, "-m", "medallion.cli", "run", *args],
         cwd=PROJECT_ROOT,
@@ -34,7 +39,7 @@ def run_pipeline(*args: str) -> str:
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return re.search(r"^run_id:\s+(\S+)", proc.stdout, re.M).group(1)
+    return proc.stdout
 
 
 def snapshot(db) -> dict[str, tuple[int, str]]:
@@ -121,35 +126,41 @@ def test_run_log_accounts_for_every_line(first_run, expected, db):
 
 def test_quarantine_names_the_reason_of_every_bad_line(first_run, expected, s3, params):
     run_id, _ = first_run
-    manifest = storage.get_json(s3, params["silver_bucket"], storage.manifest_key(run_id, "silver"))
+    manifests = storage.file_manifests(s3, params["silver_bucket"], run_id, "silver")
     reasons: Counter = Counter()
-    for key in manifest["quarantine"]:
+    for key in (k for m in manifests for k in m["quarantine"]):
         rows = storage.read_parquet(s3, params["silver_bucket"], key).to_pylist()
         assert all(r["source_line"] and r["raw_record"] and r["source_object"] for r in rows)
         reasons.update(re.sub(r": expected.*", "", r["reject_reason"]) for r in rows)
     assert dict(reasons) == expected["by_reason"]
 
 
-def test_second_run_changes_nothing(first_run, db):
+def test_second_run_finds_nothing_new_and_changes_nothing(first_run, db):
     _, before = first_run
-    run_id = run_pipeline()
+    proc = run_pipeline_output()
+    assert "archivos nuevos:       0 de 2" in proc
+    assert proc.count("ya cargado, se omite") == 2
+    run_id = re.search(r"^run_id:\s+(\S+)", proc, re.M).group(1)
     assert snapshot(db) == before
     with db.connect() as conn:
-        changes = conn.execute(
-            text("select source, details from audit.run_log where run_id = :r and step = 'merge'"),
-            {"r": run_id},
-        ).all()
-    assert len(changes) == 3
-    assert all(d["inserted"] == d["updated"] == 0 and d["unchanged"] > 0 for _, d in changes)
+        steps = dict(
+            conn.execute(
+                text("select step, count(*) from audit.run_log where run_id = :r group by step"),
+                {"r": run_id},
+            ).all()
+        )
+    assert steps == {"discover": 2}  # nothing read, merged or published again
 
 
 def test_executed_notebooks_are_kept_without_secrets(first_run, secrets_in_use):
     run_id, _ = first_run
     folder = OUTPUTS_DIR / run_slug(run_id)
     notebooks = sorted(p.name for p in folder.glob("*.ipynb"))
-    assert notebooks == [
-        "01_bronze_ingest.ipynb",
-        "02_silver_clean.ipynb",
+    assert notebooks == [  # one copy per delivered file of the per-file steps
+        "01_bronze_ingest__ventas_2024_h1.csv.ipynb",
+        "01_bronze_ingest__ventas_2024_h2.json.ipynb",
+        "02_silver_clean__ventas_2024_h1.csv.ipynb",
+        "02_silver_clean__ventas_2024_h2.json.ipynb",
         "03_gold_model.ipynb",
         "04_load_postgres.ipynb",
     ]
@@ -160,14 +171,13 @@ def test_executed_notebooks_are_kept_without_secrets(first_run, secrets_in_use):
             assert secret not in content, f"{path} contains a password"
 
 
-def test_a_file_that_breaks_the_contract_fails_the_run_clearly(tmp_path, db, first_run):
-    from tests.corpus import CASES
+def test_a_file_that_breaks_the_contract_fails_alone_and_clearly(tmp_path, db, first_run):
+    from tests.corpus import CASES, render_csv
+    from tests.test_airflow import sales_lines
 
     folder = tmp_path / "entrega"
     folder.mkdir()
-    (folder / "ventas_2024_h2.json").write_bytes(
-        (PROJECT_ROOT / "data" / "sample" / "ventas_2024_h2.json").read_bytes()
-    )
+    (folder / "ventas_buenas.csv").write_bytes(render_csv(sales_lines("E2E", 10)))
     for case in CASES:
         if case.name in {"header_only.csv", "too_many_rejects.csv"}:
             (folder / case.name).write_bytes(case.build())
@@ -184,6 +194,7 @@ def test_a_file_that_breaks_the_contract_fails_the_run_clearly(tmp_path, db, fir
     assert "header_only.csv: the file has a header but no sales lines" in proc.stderr
     assert re.search(r"too_many_rejects\.csv: 4 of 8 lines \(50%\) were rejected", proc.stderr)
     assert "Traceback" not in proc.stderr
+    assert re.search(r"files.02_silver_clean \[header_only.csv\]\s+failed", proc.stdout)
     run_id = re.search(r"run (manual__\S+)\)", proc.stderr).group(1)
     with db.connect() as conn:
         statuses = dict(
@@ -195,9 +206,23 @@ def test_a_file_that_breaks_the_contract_fails_the_run_clearly(tmp_path, db, fir
                 {"r": run_id},
             ).all()
         )
+        ledger = dict(
+            conn.execute(
+                text("select file_name, status from audit.deliveries where run_id = :r"),
+                {"r": run_id},
+            ).all()
+        )
     assert statuses == {
-        "ventas_2024_h2.json": "success",
+        "ventas_buenas.csv": "success",
         "header_only.csv": "failed",
         "too_many_rejects.csv": "failed",
     }
-    assert snapshot(db) == before  # nothing was merged
+    assert ledger == {
+        "ventas_buenas.csv": "loaded",
+        "header_only.csv": "failed",
+        "too_many_rejects.csv": "failed",
+    }
+    # the good file was published; nothing of the bad ones
+    after = snapshot(db)
+    fact = "staging.fact_operaciones_ventas"
+    assert after[fact][0] == before[fact][0] + 10

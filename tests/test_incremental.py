@@ -137,7 +137,8 @@ def test_deliveries_corrections_and_renames(db, tmp_path):
     }
     assert merge_counts(db, run_1)["fact_operaciones_ventas"] == (len(first), 0)
 
-    run_1b = run_pipeline("--input", str(write(tmp_path, "entrega_1.csv", first)))
+    # the same file again: the ledger skips it; loaded again on purpose, nothing changes
+    run_1b = run_pipeline("--reprocess", "--input", str(write(tmp_path, "entrega_1.csv", first)))
     assert set(merge_counts(db, run_1b).values()) == {(0, 0)}
     assert state(db) == s1
 
@@ -159,7 +160,7 @@ def test_deliveries_corrections_and_renames(db, tmp_path):
     for pid, (key, name) in s1["products"].items():
         assert s2["products"][pid] == (key, name)
 
-    run_2b = run_pipeline("--input", str(write(tmp_path, "entrega_2.csv", second)))
+    run_2b = run_pipeline("--reprocess", "--input", str(write(tmp_path, "entrega_2.csv", second)))
     assert set(merge_counts(db, run_2b).values()) == {(0, 0)}
     assert state(db) == s2
     with db.connect() as conn:
