@@ -8,25 +8,45 @@ STAMP := $(VENV)/.installed
 INPUT ?=
 ROWS ?= 1000000
 PARAMS_ENV ?= local
+EXECUTOR ?= LocalExecutor
+WORKERS ?= 2
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run services stop status bootstrap lab test test-fast lint format sample sample-committed notebooks bench clean
+.PHONY: help venv run services stop status bootstrap airflow airflow-stop airflow-status celery-check redis-server lab test test-fast lint format sample sample-committed notebooks bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is required"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
-venv: $(STAMP) ## Create .venv and install the pinned requirements
+venv: $(STAMP) ## Create .venv and install the pinned requirements (runtime + tests + embedded services)
 
-run: $(STAMP) ## Run the whole DAG (sample data, or INPUT=file-or-folder) on the embedded or configured services
+run: $(STAMP) ## Run the whole DAG in-process (sample data, or INPUT=file-or-folder) on the embedded or configured services
 	$(PY) -m medallion.cli run --params-env $(PARAMS_ENV) $(if $(INPUT),--input "$(INPUT)")
+
+airflow: $(STAMP) $(if $(filter CeleryExecutor,$(EXECUTOR)),redis-server) ## Start a real Airflow on 127.0.0.1 (api-server, scheduler, dag-processor, triggerer; EXECUTOR=CeleryExecutor WORKERS=2)
+	$(PY) -m medallion.deploy start --executor $(EXECUTOR) --workers $(WORKERS)
+
+airflow-stop: ## Stop every process `make airflow` started
+	@if [ -x $(PY) ]; then $(PY) -m medallion.deploy stop; fi
+
+airflow-status: $(STAMP) ## Show the processes of `make airflow`
+	$(PY) -m medallion.deploy status
+
+celery-check: $(STAMP) redis-server ## Redis + two Celery workers against a local Airflow: a run's per-file tasks on both
+	$(PY) -m pytest tests/test_celery.py -p no:cacheprovider
+
+redis-server: # Debian's redis-server, the Celery broker of the checks (installed once)
+	@command -v redis-server >/dev/null || { echo "installing redis-server (Debian) for the Celery check"; \
+		$(SUDO) apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }; }
 
 services: $(STAMP) ## Start the embedded S3 (SeaweedFS) and PostgreSQL on 127.0.0.1
 	$(PY) -m medallion.cli services start
@@ -44,7 +64,7 @@ lab: $(STAMP) ## Open JupyterLab on notebooks/ against the same services
 	eval "$$($(PY) -m medallion.cli env)" && $(BIN)/jupyter lab --ip 127.0.0.1 --no-browser \
 		--notebook-dir notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
-test: $(STAMP) ## Run all tests (notebooks with nbval, DAG, end to end) against real services
+test: $(STAMP) redis-server ## Run all tests (notebooks with nbval, DAG, end to end, make airflow, Celery) against real services
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env
 
 test-fast: $(STAMP) ## Tests without the end-to-end DAG runs
@@ -70,5 +90,5 @@ sample-committed: $(STAMP) ## Regenerate the committed sample in data/sample/
 bench: $(STAMP) ## Benchmark ROWS lines (default 1M): per step, psql \copy ceiling, naive way, incremental
 	$(PY) -m medallion.bench --rows $(ROWS)
 
-clean: stop ## Stop services and remove local state (.local/, outputs/)
+clean: airflow-stop stop ## Stop services and remove local state (.local/, outputs/)
 	rm -rf .local outputs/*/
