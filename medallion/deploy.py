@@ -145,7 +145,10 @@ def _airflow() -> str:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port (a port in TIME_WAIT after a stop is free: the
+    servers bind with SO_REUSEADDR)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
