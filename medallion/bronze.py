@@ -11,6 +11,7 @@ from minio import Minio
 
 from medallion import storage
 from medallion.parsing import SUPPORTED, logical_suffix
+from medallion.settings import run_slug
 
 PREFIX = "ventas"
 
@@ -54,13 +55,15 @@ def sha256_of(path: Path) -> str:
 def ingest_file(
     client: Minio, bucket: str, path: Path, ingest_date: dt.date | None = None
 ) -> Delivery:
-    """Upload one file unless the same bytes are already in bronze (then reuse that object).
+    """Upload one file unless the same bytes under the same name are already in bronze (then
+    reuse that object).
 
     Key: ``ventas/ingest_date=YYYY-MM-DD/<sha256[:16]>/<file name>``; an index object per
-    content hash makes re-delivering the same bytes a no-op on any later day.
+    content hash and name makes re-delivering the same file a no-op on any later day, while
+    every object keeps the name it was delivered under (the messages about it name that file).
     """
     sha = sha256_of(path)
-    index_key = f"_index/sha256={sha}.json"
+    index_key = f"_index/sha256={sha}/{run_slug(path.name)}.json"
     if storage.object_exists(client, bucket, index_key):
         key = storage.get_json(client, bucket, index_key)["key"]
         return Delivery(path, sha, path.stat().st_size, key, "already in bronze")
