@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from medallion import services
+from medallion.services import pid_alive
 from medallion.settings import LOCAL_DIR, PARAMS_DIR, PROJECT_ROOT, env_var_name
 
 SHARED_SETTINGS = PARAMS_DIR / "airflow.env"
@@ -302,7 +303,7 @@ def wait_until_ready(dep: Deployment, timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
-        dead = [name for name, pid in _state(dep).get("pids", {}).items() if not _alive(pid)]
+        dead = [name for name, pid in _state(dep).get("pids", {}).items() if not pid_alive(pid)]
         if dead:
             logs = ", ".join(str(dep.log(n)) for n in dead)
             raise RuntimeError(f"Airflow component(s) {dead} exited; see {logs}")
@@ -325,21 +326,11 @@ def _state(dep: Deployment) -> dict[str, Any]:
         return {}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running(dep: Deployment) -> dict[str, Any] | None:
     """The running deployment's state, if all its processes are alive."""
     state = _state(dep)
     pids = state.get("pids", {})
-    return state if pids and all(_alive(pid) for pid in pids.values()) else None
+    return state if pids and all(pid_alive(pid) for pid in pids.values()) else None
 
 
 def stop(dep: Deployment, grace: float = 15.0) -> str:
@@ -349,7 +340,7 @@ def stop(dep: Deployment, grace: float = 15.0) -> str:
     for pid in pids.values():
         _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids.values()):
         time.sleep(0.3)
     for pid in pids.values():
         _signal_group(pid, signal.SIGKILL)  # LocalExecutor's workers ignore SIGTERM
@@ -435,7 +426,9 @@ def status(dep: Deployment) -> dict[str, Any]:
     return {
         "url": dep.url,
         "executor": state.get("executor"),
-        "processes": {name: "running" if _alive(pid) else "exited" for name, pid in pids.items()},
+        "processes": {
+            name: "running" if pid_alive(pid) else "exited" for name, pid in pids.items()
+        },
     }
 
 

@@ -77,6 +77,9 @@ def _notebook_path(run: dict[str, Any], notebook: str, file_name: str) -> Path:
     return Path(run["output_dir"]) / f"{notebook}__{run_slug(file_name)}.ipynb"
 
 
+FAILED_STATES = {"failed", "upstream_failed"}
+
+
 def finish_run(
     run: dict[str, Any], deliveries: list[dict[str, Any]], task_states: dict[str, str]
 ) -> dict[str, Any]:
@@ -106,9 +109,6 @@ def finish_run(
         "skipped": len(skipped),
         "message": message,
     }
-
-
-FAILED_STATES = {"failed", "upstream_failed"}
 
 
 def _published(eng, run_id: str) -> bool:

@@ -74,7 +74,8 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -89,7 +90,7 @@ def _read_pid(path: Path) -> int | None:
         pid = int(path.read_text().split()[0])
     except (FileNotFoundError, ValueError, IndexError):
         return None
-    return pid if _pid_alive(pid) else None
+    return pid if pid_alive(pid) else None
 
 
 def _secrets() -> dict[str, str]:
@@ -246,9 +247,9 @@ def stop_s3(grace: float = 15.0) -> str:
         return "not running"
     os.killpg(pid, signal.SIGTERM)  # weed ignores SIGTERM for a while; then we insist
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _pid_alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.3)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         os.killpg(pid, signal.SIGKILL)
     PATHS.s3_pid.unlink(missing_ok=True)
     return "stopped"
