@@ -65,15 +65,16 @@ def discover(run: dict[str, Any], reprocess: bool = False) -> list[dict[str, Any
 def _file_notebooks(run: dict[str, Any], delivery: ledger.Delivery) -> dict[str, Any]:
     parameters = {**run["notebook_parameters"], "input_path": delivery.path}
     return {
-        "bronze_nb": str(_notebook_path(run, "01_bronze_ingest", delivery.file_name)),
-        "silver_nb": str(_notebook_path(run, "02_silver_clean", delivery.file_name)),
+        "bronze_nb": str(_notebook_path(run, "bronze", delivery.file_name)),
+        "silver_nb": str(_notebook_path(run, "silver", delivery.file_name)),
         "bronze_parameters": parameters,
         "silver_parameters": {**parameters, "source_file": delivery.file_name},
     }
 
 
-def _notebook_path(run: dict[str, Any], notebook: str, file_name: str) -> Path:
+def _notebook_path(run: dict[str, Any], step: str, file_name: str) -> Path:
     """``outputs/<run>/01_bronze_ingest__ventas.csv.ipynb``: one executed copy per file."""
+    notebook = storage.STEP_NOTEBOOKS[step]
     return Path(run["output_dir"]) / f"{notebook}__{run_slug(file_name)}.ipynb"
 
 
@@ -132,8 +133,8 @@ def _file_failure(
     run_id = parameters["run_id"]
     silver_key = storage.manifest_key(run_id, "silver", d["file_name"])
     if not storage.object_exists(s3, parameters["silver_bucket"], silver_key):
-        for notebook in ("01_bronze_ingest", "02_silver_clean"):
-            error = notebook_error(_notebook_path(run, notebook, d["file_name"]))
+        for step in ("bronze", "silver"):
+            error = notebook_error(_notebook_path(run, step, d["file_name"]))
             if error:
                 return error
         return "its bronze or silver step did not finish"
@@ -201,13 +202,16 @@ def run_dag(
         )
         while proc.poll() is None:
             time.sleep(0.5)
-            for line in tasks.finished() if progress else ():
-                progress(line)
-    for line in tasks.finished() if progress else ():
-        progress(line)
+            _report(tasks, progress)
+    _report(tasks, progress)
     if not result_file.exists():
         raise RuntimeError(f"The DAG did not run (exit {proc.returncode}); see {log_file}")
     return json.loads(result_file.read_text())
+
+
+def _report(tasks: TaskProgress, progress: Callable[[str], None] | None) -> None:
+    for line in tasks.finished() if progress else ():
+        progress(line)
 
 
 class TaskProgress:
