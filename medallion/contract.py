@@ -40,7 +40,26 @@ def normalize_header(text: str) -> str:
 
 
 SEVERITIES = ("warn", "drop", "fail")
-STRUCTURAL_RULES = ("wrong_field_count", "invalid_json")
+# Every rule a contract may set a severity for (a misspelt rule is an error, not a no-op).
+VALUE_RULES = (
+    "missing_required",
+    "invalid_date",
+    "ship_before_order",
+    "not_a_number",
+    "too_many_decimals",
+    "quantity_not_integer",
+    "quantity_not_positive",
+    "sales_negative",
+    "discount_out_of_range",
+    "profit_above_sales",
+    "control_character",  # NUL or another control character in a value
+    "non_ascii_digits",  # a number written with digits other than 0-9 (e.g. full-width)
+    "amount_out_of_range",  # more integer digits than the decimal column holds
+    "integer_out_of_range",  # an integer beyond the column's type (bigint)
+)
+# Structural rules (a line that is not a record) are never "warn".
+STRUCTURAL_RULES = ("wrong_field_count", "invalid_json", "nesting_too_deep", "line_too_long")
+RULES = VALUE_RULES + STRUCTURAL_RULES
 
 
 @dataclass(frozen=True)
@@ -52,12 +71,22 @@ class Parsing:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Caps that keep memory bounded on hostile input (``limits:`` in the contract)."""
+
+    max_file_mb: int = 4096  # decompressed size of one delivered file: larger fails the file
+    max_line_kb: int = 1024  # one line (CSV) or record (JSON): larger is quarantined
+    max_json_depth: int = 32  # nesting of a JSON record: deeper is quarantined
+
+
+@dataclass(frozen=True)
 class Contract:
     columns: dict[str, Column]
     rules: dict[str, str] = field(default_factory=dict)  # rule -> severity
     parsing: Parsing = field(default_factory=Parsing)
     max_reject_share: float = 0.25
     source_id: str | None = "row_id"
+    limits: Limits = field(default_factory=Limits)
 
     def severity(self, rule: str) -> str:
         severity = self.rules.get(rule, "drop")
@@ -136,5 +165,6 @@ def load_contract(path: str | Path | None = None) -> Contract:
             decimal_separator=str(parsing.get("decimal_separator", ".")),
         ),
         max_reject_share=float(spec.get("max_reject_share", 0.25)),
+        limits=Limits(**(spec.get("limits") or {})),
         source_id=(spec.get("line_key") or {}).get("source_id", "row_id"),
     )

@@ -22,7 +22,8 @@ import pytest
 from medallion import services, storage, warehouse
 from medallion.settings import env_var_name, get_connection, load_params
 
-TEST_DATABASE = "medallion_test"
+# A session of its own (e.g. a second checkout, a helper) can take another database name.
+TEST_DATABASE = os.environ.get("MEDALLION_TEST_DATABASE", "medallion_test")
 
 
 def pytest_configure(config: pytest.Config) -> None:
