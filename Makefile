@@ -13,7 +13,7 @@ WORKERS ?= 2
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run services stop status bootstrap airflow airflow-stop airflow-status celery-check redis-server lab test test-fast lint format sample sample-committed notebooks bench clean
+.PHONY: help venv run services stop status bootstrap airflow airflow-stop airflow-status celery-check redis-server lab test test-fast reliability lint format sample sample-committed notebooks bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -65,10 +65,19 @@ lab: $(STAMP) ## Open JupyterLab on notebooks/ against the same services
 		--notebook-dir notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(STAMP) redis-server ## Run all tests (notebooks with nbval, DAG, end to end, make airflow, Celery) against real services
-	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env --ignore=tests/reliability
 
 test-fast: $(STAMP) ## Tests without the end-to-end DAG runs
-	$(PY) -m pytest tests -m "not e2e"
+	$(PY) -m pytest tests -m "not e2e and not reliability" --ignore=tests/reliability
+
+# The fault suite stops and crashes its services: it gets its own (root under .local/, ports).
+RELIABILITY_ENV := MEDALLION_LOCAL_DIR=$(CURDIR)/.local/reliability \
+	MEDALLION_OUTPUTS_DIR=$(CURDIR)/.local/reliability/outputs \
+	MEDALLION_S3_PORT=38433 MEDALLION_PG_PORT=54339 MEDALLION_RELIABILITY_OWN_SERVICES=1 \
+	AIRFLOW_CONN_MINIO_DEFAULT= AIRFLOW_CONN_POSTGRES_DEFAULT=
+
+reliability: $(STAMP) ## Faults and hostile input against services of its own; prints the outcome table
+	env $(RELIABILITY_ENV) $(PY) -m pytest tests/reliability -p no:cacheprovider
 
 lint: $(STAMP) ## ruff check + format check
 	$(BIN)/ruff check medallion dags tests

@@ -12,7 +12,9 @@ Sales files (CSV/JSON) -> bronze -> silver -> gold -> PostgreSQL star schema.
    (silver), each executed copy named after the file. A file that breaks the data contract
    fails its own task at once (no retries); the other files go on.
 4. Once per run, over the files that reached silver: notebook 03 (gold), notebook 04 (load
-   into `public.bulk_*`), `merge_staging` and `publish_gate` (stored procedures).
+   into `public.bulk_*`), then `merge_staging`: the merge and the publish gate in one
+   transaction (nothing the gate rejects is ever visible in `staging`); transit rows that a
+   PostgreSQL restart emptied are reloaded from gold first, so its retry recovers by itself.
 5. `record_deliveries` (always) marks each file loaded or failed in the ledger and fails the
    run, naming the files and why, if any file failed.
 
@@ -31,11 +33,10 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
 from airflow.sdk import DAG, Asset, Param, task, task_group
 from airflow.task.trigger_rule import TriggerRule
 
-from medallion.operators import NotebookOperator
+from medallion.operators import NotebookOperator, PublishOperator
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 RUN = "ti.xcom_pull(task_ids='prepare_run')"
@@ -166,30 +167,24 @@ with DAG(
         output_nb="{{ " + RUN + "['output_dir'] }}/04_load_postgres.ipynb",
         parameters="{{ " + RUN + "['notebook_parameters'] }}",
     )
-    merge = SQLExecuteQueryOperator(
+    publish = PublishOperator(
         task_id="merge_staging",
         conn_id="{{ " + RUN + "['notebook_parameters']['postgres_conn_id'] }}",
-        sql="call staging.sp_merge_operaciones_ventas(%(run_id)s, %(scd_type)s, %(strategy)s)",
+        run_parameters="{{ " + RUN + "['notebook_parameters'] }}",
+        # merge + publish gate: one transaction; then the transit rows go, and VACUUM gives
+        # their space back at once (so that the next run does not scan millions of dead rows)
+        sql=[
+            "call staging.sp_merge_operaciones_ventas(%(run_id)s, %(scd_type)s, %(strategy)s)",
+            "call staging.sp_clear_transit(%(run_id)s)",
+            "vacuum public.bulk_fact_operaciones_ventas, public.bulk_dim_cliente, "
+            "public.bulk_dim_inventario",
+        ],
         parameters={
             "run_id": "{{ run_id }}",
             "scd_type": "{{ params.scd_type_cliente }}",
             "strategy": "{{ params.merge_strategy }}",
         },
-        autocommit=True,
-    )
-    publish_gate = SQLExecuteQueryOperator(
-        task_id="publish_gate",
-        conn_id="{{ " + RUN + "['notebook_parameters']['postgres_conn_id'] }}",
-        # the gate deletes the run's transit rows; VACUUM gives their space back at once, so
-        # that the next run does not scan millions of dead rows (it cannot run in a procedure)
-        sql=[
-            "call staging.sp_publish_gate(%(run_id)s)",
-            "vacuum public.bulk_fact_operaciones_ventas, public.bulk_dim_cliente, "
-            "public.bulk_dim_inventario",
-        ],
-        parameters={"run_id": "{{ run_id }}"},
-        autocommit=True,
         outlets=[WAREHOUSE],
     )
-    files >> gold >> load >> merge >> publish_gate
-    [deliveries, publish_gate] >> record_deliveries()
+    files >> gold >> load >> publish
+    [deliveries, publish] >> record_deliveries()

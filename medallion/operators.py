@@ -10,6 +10,11 @@ Notebooks: papermill's operator, plus one distinction Airflow needs. A file that
 data contract fails the same way on every retry, so retrying it only delays the message. Such
 errors (InputFileError, FileRejected) fail the task at once, with the notebook's own message;
 anything else (a service that blinked) keeps the DAG's retries.
+
+Publishing: one SQL task merges the run into staging and runs the publish gate in the same
+transaction, then removes the run's transit rows. Before the merge it reloads from gold what
+PostgreSQL lost (crash recovery empties the UNLOGGED transit tables), so a retry after a restart
+recovers by itself; a failed gate check fails the task at once.
 """
 
 from __future__ import annotations
@@ -18,14 +23,16 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
+from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
 from airflow.providers.papermill.operators.papermill import PapermillOperator
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowFailException
 from papermill.exceptions import PapermillExecutionError
 
-from medallion.settings import env_var_name
+from medallion.settings import WAREHOUSE_SESSION, env_var_name
 
 DATA_ERRORS = {"InputFileError", "FileRejected"}
+GATE_FAILED = "MDG01"  # SQLSTATE of a failed publish-gate check (sql/049)
 
 
 def connection_ids(parameters: Mapping[str, object]) -> list[str]:
@@ -73,4 +80,49 @@ class NotebookOperator(PapermillOperator):
         except PapermillExecutionError as err:
             if err.ename in DATA_ERRORS:
                 raise AirflowFailException(f"{err.ename}: {err.evalue}") from err
+            raise
+
+
+def sqlstate(err: BaseException) -> str | None:
+    """The SQLSTATE of a database error (psycopg 3 or psycopg2), if it carries one."""
+    return getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+
+
+class PublishOperator(SQLExecuteQueryOperator):
+    """Merge a run into staging and publish it: the session limits, then ``sql`` (the merge,
+    which runs the publish gate in its own transaction, and what follows the commit).
+
+    ``run_parameters`` are the run's notebook parameters (connection ids, gold bucket, run id):
+    transit tables that lost rows since notebook 04 loaded them are reloaded from gold first.
+    """
+
+    template_fields = (*SQLExecuteQueryOperator.template_fields, "run_parameters")
+
+    def __init__(self, *, run_parameters: dict | str, sql: list[str], **kwargs):
+        limits = [f"set {name} = '{value}'" for name, value in WAREHOUSE_SESSION.items()]
+        super().__init__(sql=[*limits, *sql], autocommit=True, **kwargs)
+        self.run_parameters = run_parameters
+
+    def execute(self, context):
+        from medallion import transit, warehouse
+
+        use_connections(self.run_parameters)
+        reloaded = transit.reload_missing(self.run_parameters)
+        if reloaded:
+            self.log.warning("Reloaded from gold before the merge: %s", reloaded)
+        try:
+            return super().execute(context)
+        except Exception as err:
+            state = sqlstate(err)
+            if state == GATE_FAILED:
+                raise AirflowFailException(str(err).strip()) from err
+            if state in warehouse.LOCK_ERRORS:
+                holders = warehouse.lock_holders(
+                    warehouse.engine(self.run_parameters["postgres_conn_id"])
+                )
+                raise RuntimeError(
+                    f"{warehouse.LOCK_ERRORS[state]} "
+                    f"({WAREHOUSE_SESSION[warehouse.LOCK_ERRORS[state]]}) reached: "
+                    f"{str(err).strip()}\nLocks on the pipeline's tables now:\n{holders}"
+                ) from err
             raise

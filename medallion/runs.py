@@ -128,15 +128,20 @@ def _published(eng, run_id: str) -> bool:
 def _file_failure(
     s3, run: dict[str, Any], d: dict[str, Any], published: bool, failed_tasks: list[str]
 ) -> str | None:
-    """None when the file was loaded, else why not."""
+    """None when the file was loaded, else why not. The notebooks' errors are read first: they
+    are local files, so a run that failed because S3 was down still says why."""
     parameters = run["notebook_parameters"]
     run_id = parameters["run_id"]
+    for step in ("bronze", "silver"):
+        error = notebook_error(_notebook_path(run, step, d["file_name"]))
+        if error:
+            return error
     silver_key = storage.manifest_key(run_id, "silver", d["file_name"])
-    if not storage.object_exists(s3, parameters["silver_bucket"], silver_key):
-        for step in ("bronze", "silver"):
-            error = notebook_error(_notebook_path(run, step, d["file_name"]))
-            if error:
-                return error
+    try:
+        reached_silver = storage.object_exists(s3, parameters["silver_bucket"], silver_key)
+    except Exception as err:  # noqa: BLE001 - the object store is down: the file is not loaded
+        return f"its silver output could not be checked: {type(err).__name__}: {err}"
+    if not reached_silver:
         return "its bronze or silver step did not finish"
     bronze = storage.get_json(
         s3, parameters["bronze_bucket"], storage.manifest_key(run_id, "bronze", d["file_name"])

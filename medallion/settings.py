@@ -30,6 +30,15 @@ SQL_DIR = PROJECT_ROOT / "sql"
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 OUTPUTS_DIR = Path(os.environ.get("MEDALLION_OUTPUTS_DIR", PROJECT_ROOT / "outputs"))
 
+# Limits of every pipeline session in the warehouse (notebooks, Python and SQL tasks): a lock
+# that someone else holds fails the statement after lock_timeout, naming the holder, instead of
+# hanging a run for ever; no statement outlives a task's execution_timeout.
+WAREHOUSE_SESSION = {
+    "lock_timeout": "2min",
+    "statement_timeout": "1h",
+    "idle_in_transaction_session_timeout": "15min",
+}
+
 
 class ConnectionNotFound(LookupError):
     """No credentials could be found for a connection id."""

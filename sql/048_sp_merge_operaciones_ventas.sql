@@ -1,6 +1,13 @@
--- Merge one run's transit rows into the star schema: dimensions first, then the fact.
--- * one run at a time (advisory lock); everything in the caller's transaction: any error rolls
---   all of it back, with a message that says so;
+-- Publish one run: merge its transit rows into the star schema (dimensions first, then the
+-- fact) and run the publish gate on the result, in one transaction.
+-- * one run at a time (advisory lock); everything in the caller's transaction: any error, a
+--   failed gate check included, rolls all of it back, with a message that says so: nothing the
+--   gate rejects is ever visible in staging;
+-- * a run already published is left alone (a retry after the commit changes nothing);
+-- * the run's transit rows must be complete: as many per table as notebook 04 loaded from gold
+--   (audit.run_log, step 'load'). Crash recovery empties UNLOGGED tables; a merge of what is
+--   left would publish a partial run, so it fails at once (SQLSTATE MDT01) and the DAG's
+--   merge task reloads the rows from gold before it calls the merge again;
 -- * sources are the *_latest views: one row per key, so no target row is met twice;
 -- * only rows whose values changed are updated (IS DISTINCT FROM): a re-run changes nothing;
 -- * MERGE on PostgreSQL >= 15, INSERT ... ON CONFLICT before (or with p_strategy => 'upsert');
@@ -10,7 +17,7 @@
 --   reload) is merged without the fact's foreign keys, their indexes and (with MERGE) its
 --   primary key, which are built again, and validated in one pass, before the procedure ends
 --   (staging.fact_secondary_structures).
--- The run's transit rows stay until staging.sp_publish_gate has checked the result.
+-- The run's transit rows stay until the commit: staging.sp_clear_transit removes them after it.
 drop procedure if exists staging.sp_merge_operaciones_ventas(text);
 drop procedure if exists staging.sp_merge_operaciones_ventas(text, int, text);
 
@@ -30,6 +37,7 @@ declare
     v_updated  bigint;
     v_started  timestamptz;
     v_bulk     boolean;
+    v_missing  text;
 begin
     if p_run_id is null or p_run_id = '' then
         raise exception 'sp_merge_operaciones_ventas: a run id is required';
@@ -40,6 +48,18 @@ begin
     end if;
     perform pg_advisory_xact_lock(hashtext('staging.sp_merge_operaciones_ventas'));
     perform set_config('work_mem', '256MB', true);  -- hash joins of a large delivery in memory
+    if staging.run_published(p_run_id) then
+        raise notice 'run % is already published: nothing to merge', p_run_id;
+        return;
+    end if;
+    v_missing := staging.transit_shortfall(p_run_id);
+    if v_missing is not null then
+        raise exception 'sp_merge_operaciones_ventas(%): the run''s transit rows are incomplete, '
+                        'nothing was merged: %', p_run_id, v_missing
+            using errcode = 'MDT01',
+                  hint = 'reload them from gold (notebook 04_load_postgres); PostgreSQL empties '
+                         'UNLOGGED tables when it recovers from a crash';
+    end if;
 
     begin
         analyze public.bulk_dim_inventario, public.bulk_dim_cliente,
@@ -80,9 +100,10 @@ begin
                                          when v_bulk then v_strategy || ' (bulk)'
                                          else v_strategy end);
         end loop;
+        call staging.sp_publish_gate(p_run_id);
     exception when others then
         raise exception 'sp_merge_operaciones_ventas(%) failed, nothing was merged: % (SQLSTATE %)',
-            p_run_id, sqlerrm, sqlstate;
+            p_run_id, sqlerrm, sqlstate using errcode = sqlstate;
     end;
 end;
 $$;

@@ -1,10 +1,12 @@
--- The publish gate, after the merge: is what staging now holds for this run right?
+-- The publish gate, inside the merge's transaction (staging.sp_merge_operaciones_ventas calls
+-- it last): is what staging now holds for this run right?
 -- * reconciliation: transit holds silver's lines and sum of sales of the run, and staging holds
 --   every line key of the run with the delivered sales (lines and sum);
 -- * keys: unique and not null natural keys in the dimensions, no fact of the run without its
 --   customer and product (the unknown member -1 counts as missing).
--- A failing check raises an error naming the check and by how much; on success the run's
--- transit rows are removed and the checks are recorded in audit.run_log (step 'publish').
+-- A failing check raises an error naming the check and by how much (SQLSTATE MDG01): the merge
+-- rolls back with it. On success the checks are recorded in audit.run_log (step 'publish'); the
+-- transit rows stay until the merge's transaction commits (staging.sp_clear_transit).
 create or replace procedure staging.sp_publish_gate(p_run_id text)
 language plpgsql
 as $$
@@ -88,7 +90,9 @@ begin
     if cardinality(v_failures) > 0 then
         raise exception 'publish gate failed for run %: %', p_run_id,
             array_to_string(v_failures, '; ')
-            using hint = 'the run''s transit rows are kept in public.bulk_* for inspection';
+            using errcode = 'MDG01',
+                  hint = 'nothing was published; the run''s transit rows are kept in public.bulk_* '
+                         'for inspection';
     end if;
 
     insert into audit.run_log as r (run_id, step, source, lines_in, rows_out, status, started_at,
@@ -99,8 +103,5 @@ begin
         lines_in = excluded.lines_in, rows_out = excluded.rows_out, status = excluded.status,
         started_at = excluded.started_at, finished_at = excluded.finished_at,
         details = excluded.details;
-    delete from public.bulk_fact_operaciones_ventas where run_id = p_run_id;
-    delete from public.bulk_dim_cliente where run_id = p_run_id;
-    delete from public.bulk_dim_inventario where run_id = p_run_id;
 end;
 $$;

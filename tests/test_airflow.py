@@ -92,7 +92,7 @@ def test_three_new_files_load_in_per_file_tasks(airflow, first_run, sample_expec
     once = {t["task_id"]: t["state"] for t in tis if t["map_index"] == -1}
     assert once == dict.fromkeys(
         ["prepare_run", "discover_deliveries", "file_tasks", "03_gold_model",
-         "04_load_postgres", "merge_staging", "publish_gate", "record_deliveries"],
+         "04_load_postgres", "merge_staging", "record_deliveries"],
         "success",
     )  # fmt: skip
     valid = sum(f["valid"] for f in sample_expected.values()) + 40
@@ -142,7 +142,7 @@ def test_a_cleared_run_reruns_to_the_same_result(airflow, first_run):
     assert airflow.wait(run_id) == "success"
     tis = airflow.task_instances(run_id)
     retried = {t["task_id"] for t in tis if t["try_number"] == 2 and t["state"] == "success"}
-    assert {"files.02_silver_clean", "03_gold_model", "merge_staging", "publish_gate"} <= retried
+    assert {"files.02_silver_clean", "03_gold_model", "merge_staging"} <= retried
     assert snapshot(airflow.engine) == before
     assert {s for s, _ in ledger(airflow.engine).values()} == {"loaded"}
 
@@ -180,7 +180,7 @@ def test_a_corrupt_file_fails_its_own_task_and_the_others_are_published(
         "ventas_rotas.csv": "failed",
     }
     by_task = {t["task_id"]: t for t in tis if t["map_index"] == -1}
-    for task in ("03_gold_model", "04_load_postgres", "merge_staging", "publish_gate"):
+    for task in ("03_gold_model", "04_load_postgres", "merge_staging"):
         assert by_task[task]["state"] == "success", task
     assert by_task["record_deliveries"]["state"] == "failed"
     bad = next(t for t in tis if t.get("rendered_map_index") == "ventas_rotas.csv"

@@ -36,6 +36,7 @@ print(json.dumps({{
         "log_output": (t.partial_kwargs.get("log_output") if hasattr(t, "partial_kwargs")
                        else getattr(t, "log_output", None)),
         "conn_id": getattr(t, "conn_id", None),
+        "sql": getattr(t, "sql", None),
     }} for t in tasks}},
 }}))
 """
@@ -83,7 +84,6 @@ def test_per_file_notebooks_then_one_gold_load_merge_and_gate(dag_info):
         "03_gold_model",
         "04_load_postgres",
         "merge_staging",
-        "publish_gate",
         "record_deliveries",
     ]
     tasks = dag_info["tasks"]
@@ -98,11 +98,23 @@ def test_per_file_notebooks_then_one_gold_load_merge_and_gate(dag_info):
         assert tasks[name]["log_output"] is True, name
 
 
-def test_sql_tasks_take_the_connection_of_the_parameter_set(dag_info):
-    for name in ("merge_staging", "publish_gate"):
-        task = dag_info["tasks"][name]
-        assert "SQLExecuteQueryOperator" in task["types"]
-        assert "prepare_run" in task["conn_id"] and "postgres_conn_id" in task["conn_id"]
+def test_sql_task_takes_the_connection_of_the_parameter_set(dag_info):
+    task = dag_info["tasks"]["merge_staging"]
+    assert "SQLExecuteQueryOperator" in task["types"]
+    assert "prepare_run" in task["conn_id"] and "postgres_conn_id" in task["conn_id"]
+
+
+def test_merge_runs_with_session_limits_and_clears_transit_only_after_it(dag_info):
+    statements = dag_info["tasks"]["merge_staging"]["sql"]
+    assert statements[:3] == [
+        "set lock_timeout = '2min'",
+        "set statement_timeout = '1h'",
+        "set idle_in_transaction_session_timeout = '15min'",
+    ]
+    merge = next(i for i, s in enumerate(statements) if "sp_merge_operaciones_ventas" in s)
+    clear = next(i for i, s in enumerate(statements) if "sp_clear_transit" in s)
+    assert merge < clear  # separate statements in autocommit: the merge has committed
+    assert not any("sp_publish_gate" in s for s in statements)  # inside the merge
 
 
 def test_each_layer_is_an_asset(dag_info):
@@ -111,7 +123,7 @@ def test_each_layer_is_an_asset(dag_info):
         "files.01_bronze_ingest": ["ventas_bronze"],
         "files.02_silver_clean": ["ventas_silver"],
         "03_gold_model": ["ventas_gold"],
-        "publish_gate": ["ventas_staging"],
+        "merge_staging": ["ventas_staging"],
     }
 
 

@@ -4,6 +4,7 @@ Each test uses its own ids (customers, products, line keys, runs), so tests shar
 """
 
 import datetime as dt
+import re
 import threading
 import uuid
 from decimal import Decimal
@@ -87,6 +88,7 @@ class Delivery:
         products = pd.DataFrame(
             [{"product_id": k, **v, "run_id": self.run_id} for k, v in self.products.items()]
         ).drop(columns="first_order_date")
+        loaded = {}
         with warehouse.transaction(db) as conn:
             for table, frame in (
                 ("dim_inventario", products),
@@ -95,6 +97,11 @@ class Delivery:
             ):
                 warehouse.clear_transit(conn, table, self.run_id)
                 warehouse.load_transit(conn, table, frame)
+                loaded[table] = len(frame)
+        for table, rows in loaded.items():  # as notebook 04 records its load
+            warehouse.log_step(
+                db, self.run_id, "load", f"public.{warehouse.TRANSIT_TABLES[table]}", rows_out=rows
+            )
         warehouse.log_step(
             db,
             self.run_id,
@@ -107,13 +114,22 @@ class Delivery:
 
 
 def merge(
-    db, run_id: str, strategy: str | None = None, scd_type: int = 1, bulk_min: int = 500_000
+    db,
+    run_id: str,
+    strategy: str | None = None,
+    scd_type: int = 1,
+    bulk_min: int = 500_000,
+    clear_after: bool = True,
 ) -> dict:
+    """Merge and publish a run as the DAG's merge task does: the merge (with the publish gate)
+    in one transaction, then the removal of its transit rows."""
     with warehouse.transaction(db) as conn:
         conn.execute(
             text("call staging.sp_merge_operaciones_ventas(:r, :s, :t, :b)"),
             {"r": run_id, "s": scd_type, "t": strategy, "b": bulk_min},
         )
+    if clear_after:
+        clear(db, run_id)
     with db.connect() as conn:
         rows = conn.execute(
             text("select source, details from audit.run_log where run_id = :r and step = 'merge'"),
@@ -123,11 +139,6 @@ def merge(
         source.removeprefix("staging."): {k: v for k, v in d.items() if k != "strategy"}
         for source, d in rows
     }
-
-
-def gate(db, run_id: str) -> None:
-    with warehouse.transaction(db) as conn:
-        conn.execute(text("call staging.sp_publish_gate(:r)"), {"r": run_id})
 
 
 def scalar(db, sql: str, **params):
@@ -267,7 +278,6 @@ def test_insert_then_rerun_changes_nothing_then_corrections_update(db, strategy)
         "dim_cliente": {"inserted": 2, "updated": 0, "unchanged": 0},
         "fact_operaciones_ventas": {"inserted": 3, "updated": 0, "unchanged": 0},
     }
-    gate(db, first.run_id)
     keys = scalar(
         db,
         "select array_agg(cliente_key order by customer_id) from staging.dim_cliente "
@@ -281,7 +291,6 @@ def test_insert_then_rerun_changes_nothing_then_corrections_update(db, strategy)
         "updated": 0,
         "unchanged": 3,
     }
-    gate(db, again.run_id)
 
     later = dt.date(2024, 4, 1)
     fix = (
@@ -293,7 +302,6 @@ def test_insert_then_rerun_changes_nothing_then_corrections_update(db, strategy)
     result = merge(db, fix.run_id, strategy)
     assert result["fact_operaciones_ventas"] == {"inserted": 1, "updated": 1, "unchanged": 0}
     assert result["dim_cliente"] == {"inserted": 1, "updated": 1, "unchanged": 0}
-    gate(db, fix.run_id)
     assert scalar(
         db, "select sales from staging.fact_operaciones_ventas where line_key = :k", k=f"{p}-L2"
     ) == Decimal("10.5")
@@ -364,7 +372,6 @@ def test_bulk_merge_gives_the_same_result_and_restores_keys_and_indexes(db, stra
         r=delivery.run_id,
     )
     assert strategy_used.endswith("(bulk)")
-    gate(db, delivery.run_id)
     assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
     primary_key = scalar(
         db,
@@ -442,7 +449,6 @@ def test_customer_in_several_cities_and_same_product_twice_in_an_order(db):
         .load(db)
     )
     merge(db, run.run_id)
-    gate(db, run.run_id)
     assert (
         scalar(db, "select count(*) from staging.dim_cliente where customer_id = :c", c=f"{p}-C1")
         == 1
@@ -473,7 +479,6 @@ def test_scd2_keeps_history_and_points_facts_at_the_version_of_their_date(db):
         "updated": 1,
         "unchanged": 0,
     }
-    gate(db, rename.run_id)
     with db.connect() as conn:
         versions = conn.execute(
             text(
@@ -531,24 +536,77 @@ def test_failed_merge_rolls_back_everything_with_a_clear_message(db):
     )  # kept: fix and merge again
 
 
-def test_publish_gate_names_the_failed_check_and_by_how_much(db):
+def in_staging(db, prefix: str) -> int:
+    return scalar(
+        db,
+        "select count(*) from staging.fact_operaciones_ventas where line_key like :p",
+        p=f"{prefix}-%",
+    )
+
+
+def in_transit(db, run_id: str) -> int:
+    return scalar(
+        db, "select count(*) from public.bulk_fact_operaciones_ventas where run_id = :r", r=run_id
+    )
+
+
+def test_publish_gate_runs_in_the_merge_and_a_failed_check_publishes_nothing(db):
     p = new_prefix()
     run = Delivery(p, f"{p}-r1").line(1).line(2).load(db)
-    merge(db, run.run_id)
-    with db.connect() as conn:
+    # silver reported one cent more than transit holds: the gate's reconciliation fails
+    warehouse.log_step(
+        db, run.run_id, "silver", "test", rows_out=2, details={"sales_total": "1915.1650"}
+    )
+    with pytest.raises(DBAPIError) as failure:
+        merge(db, run.run_id)
+    assert failure.value.orig.pgcode == "MDG01"
+    assert re.search(
+        rf"sp_merge_operaciones_ventas\({p}-r1\) failed, nothing was merged: publish gate failed"
+        r" for run .*sum of sales silver -> transit: 1915\.1650 expected, 1915\.1550 found "
+        r"\(-0\.0100\)",
+        str(failure.value),
+    )
+    assert in_staging(db, p) == 0  # nothing the gate rejects is ever visible
+    assert scalar(db, "select staging.run_published(:r)", r=run.run_id) is False
+    assert in_transit(db, run.run_id) == 2  # kept for inspection and for a retry
+    with pytest.raises(DBAPIError, match="the run is not published; its transit rows are kept"):
+        clear(db, run.run_id)
+
+
+def test_published_run_is_left_alone_and_its_transit_rows_are_cleared_after(db):
+    p = new_prefix()
+    run = Delivery(p, f"{p}-r1").line(1).line(2).load(db)
+    first = merge(db, run.run_id, clear_after=False)
+    assert first["fact_operaciones_ventas"]["inserted"] == 2
+    assert in_transit(db, run.run_id) == 2  # until the commit: the merge does not remove them
+    # a retry after the commit: nothing merged again
+    assert merge(db, run.run_id, clear_after=False) == first
+    clear(db, run.run_id)
+    assert in_transit(db, run.run_id) == 0
+    assert in_staging(db, p) == 2
+
+
+def test_merge_of_incomplete_transit_rows_fails_at_once_saying_so(db):
+    p = new_prefix()
+    run = Delivery(p, f"{p}-r1").line(1).line(2).line(3).load(db)
+    with db.begin() as conn:  # what PostgreSQL's crash recovery does to UNLOGGED tables
         conn.execute(
-            text(
-                "update staging.fact_operaciones_ventas set sales = sales + 1 where line_key = :k"
-            ),
-            {"k": f"{p}-L1"},
+            text("delete from public.bulk_fact_operaciones_ventas where line_key = :k"),
+            {"k": f"{p}-L3"},
         )
-        conn.commit()
-    with pytest.raises(
-        DBAPIError,
-        match=r"publish gate failed for run .*sum of sales in "
-        r"staging: 1915\.1550 expected, 1916\.1550 found \(1\.0000\)",
-    ):
-        gate(db, run.run_id)
+    with pytest.raises(DBAPIError) as failure:
+        merge(db, run.run_id)
+    assert failure.value.orig.pgcode == "MDT01"
+    assert (
+        "transit rows are incomplete, nothing was merged: public.bulk_fact_operaciones_ventas "
+        "holds 2 of the 3 rows loaded from gold"
+    ) in str(failure.value)
+    assert in_staging(db, p) == 0
+
+
+def clear(db, run_id: str) -> None:
+    with warehouse.transaction(db) as conn:
+        conn.execute(text("call staging.sp_clear_transit(:r)"), {"r": run_id})
 
 
 def test_two_runs_at_once_are_serialised(db):
@@ -559,7 +617,6 @@ def test_two_runs_at_once_are_serialised(db):
     def work(run_id: str) -> None:
         try:
             merge(db, run_id)
-            gate(db, run_id)
         except Exception as err:  # noqa: BLE001 - reported below
             errors.append(err)
 
@@ -583,6 +640,13 @@ def test_two_runs_at_once_are_serialised(db):
     )
 
 
-def test_sql_is_reappliable(db):
-    assert warehouse.apply_sql(db) == warehouse.apply_sql(db)
+def test_sql_is_applied_once_per_version(db, tmp_path):
+    assert warehouse.apply_sql(db) == []  # applied at the start of the session: nothing new
+    for path in warehouse.SQL_DIR.glob("*.sql"):
+        (tmp_path / path.name).write_text(path.read_text())
+    changed = tmp_path / "050_vw_operaciones_ventas.sql"
+    changed.write_text(changed.read_text() + "\n-- a new version of the file\n")
+    assert warehouse.apply_sql(db, tmp_path) == ["050_vw_operaciones_ventas.sql"]
+    assert warehouse.apply_sql(db, tmp_path) == []
+    assert warehouse.apply_sql(db) == ["050_vw_operaciones_ventas.sql"]  # back to the committed
     assert scalar(db, "select count(*) from staging.dim_cliente where cliente_key = -1") == 1

@@ -1,0 +1,211 @@
+"""Faults during a run: PostgreSQL crashing at each step after silver, S3 down for longer than
+the retries. Each run ends published with exact counts, or fails with a clear message and the
+next run loads the delivery exactly once."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from medallion import services
+from tests.corpus import render_csv
+from tests.reliability.conftest import (
+    Outcome,
+    PipelineRun,
+    crash_postgres,
+    wait_for,
+    waiting_on_lock,
+)
+from tests.test_airflow import sales_lines
+
+pytestmark = pytest.mark.reliability
+LINES = 300
+
+
+def delivery(tmp_path: Path, prefix: str, n: int = LINES) -> tuple[Path, Decimal]:
+    """A folder with one new file of n valid lines (ids of its own) and its sum of sales."""
+    rows = sales_lines(prefix, n)
+    folder = tmp_path / prefix
+    folder.mkdir()
+    (folder / f"ventas_{prefix.lower()}.csv").write_bytes(render_csv(rows))
+    return folder, sum(Decimal(r["sales"]) for r in rows)
+
+
+def published(db, scenario: str, outcome: str, prefix: str, run_id: str, sales: Decimal):
+    """The run's counts, checked exact: every line of the delivery in staging once."""
+    with db.connect() as conn:
+        lines_in, quarantined = conn.execute(
+            text("select coalesce(sum(lines_in), 0), coalesce(sum(rows_quarantined), 0) "
+                 "from audit.run_log where run_id = :r and step = 'silver'"),
+            {"r": run_id},
+        ).one()  # fmt: skip
+        staged, distinct, staged_sales = conn.execute(
+            text("select count(*), count(distinct line_key), sum(sales) "
+                 "from staging.fact_operaciones_ventas where line_key like :p"),
+            {"p": f"{prefix}-%"},
+        ).one()  # fmt: skip
+        left_in_transit = conn.execute(
+            text("select count(*) from public.bulk_fact_operaciones_ventas where run_id = :r"),
+            {"r": run_id},
+        ).scalar_one()
+    row = Outcome(scenario, outcome, int(lines_in), staged, int(quarantined), staged - distinct)
+    assert (lines_in, staged, quarantined, row.duplicated) == (LINES, LINES, 0, 0), row
+    assert staged_sales == sales
+    assert left_in_transit == 0
+    return row
+
+
+def retried(output: str, task: str) -> bool:
+    return any(task in line and "up_for_retry" in line for line in output.splitlines())
+
+
+def run_id_of_delivery(db, prefix: str) -> str | None:
+    """The run that is loading this delivery (its silver step is in the run log)."""
+    with db.connect() as conn:
+        return conn.execute(
+            text("select run_id from audit.run_log where step = 'silver' and source like :f "
+                 "order by started_at desc limit 1"),
+            {"f": f"%ventas_{prefix.lower()}.csv%"},
+        ).scalar()  # fmt: skip
+
+
+def transit_rows(db, run_id: str) -> int:
+    with db.connect() as conn:
+        return conn.execute(
+            text("select count(*) from public.bulk_fact_operaciones_ventas where run_id = :r"),
+            {"r": run_id},
+        ).scalar_one()
+
+
+def test_postgres_crash_during_the_merge_recovers_by_itself(db, tmp_path, report):
+    folder, sales = delivery(tmp_path, "PGMERGE")
+    holder = db.connect()  # holds the merge's advisory lock: the merge waits there
+    holder.execute(text("select pg_advisory_lock(hashtext('staging.sp_merge_operaciones_ventas'))"))
+    run = PipelineRun(folder)
+    try:
+        wait_for(lambda: waiting_on_lock(db, "%sp_merge_operaciones_ventas%"), "the merge")
+        run_id = run_id_of_delivery(db, "PGMERGE")
+        assert transit_rows(db, run_id) == LINES
+        crash_postgres()
+        assert transit_rows(db, run_id) == 0  # crash recovery emptied the UNLOGGED table
+    finally:
+        holder.invalidate()
+    code, output = run.wait()
+    assert code == 0, output[-3000:]
+    assert retried(output, "merge_staging")
+    report.add(published(db, "PostgreSQL crash during merge", "published after a retry",
+                         "PGMERGE", run_id, sales))  # fmt: skip
+
+
+def test_postgres_crash_during_the_load_recovers_by_itself(db, tmp_path, report):
+    folder, sales = delivery(tmp_path, "PGLOAD")
+    holder = db.connect()  # the load waits to clear the fact's transit rows
+    holder.execute(text("begin"))
+    holder.execute(text("lock table public.bulk_fact_operaciones_ventas in access exclusive mode"))
+    run = PipelineRun(folder)
+    try:
+        wait_for(lambda: waiting_on_lock(db, "%bulk_fact_operaciones_ventas%"), "the load")
+        crash_postgres()
+    finally:
+        holder.invalidate()
+    code, output = run.wait()
+    assert code == 0, output[-3000:]
+    assert retried(output, "04_load_postgres")
+    run_id = PipelineRun.run_id(output)
+    report.add(published(db, "PostgreSQL crash during load", "published after a retry",
+                         "PGLOAD", run_id, sales))  # fmt: skip
+
+
+def test_postgres_crash_during_the_publish_gate_publishes_nothing_then_recovers(
+    db, tmp_path, report
+):
+    folder, sales = delivery(tmp_path, "PGGATE")
+    run = PipelineRun(folder)
+    run_id = wait_for(lambda: run_id_of_delivery(db, "PGGATE"), "the run's silver step")
+    holder = db.connect()  # the gate's record of its checks waits for this row's transaction
+    holder.execute(text("begin"))
+    holder.execute(
+        text("insert into audit.run_log (run_id, step, source, status) "
+             "values (:r, 'publish', 'staging', 'held by the test')"),
+        {"r": run_id},
+    )  # fmt: skip
+    try:
+        wait_for(lambda: waiting_on_lock(db, "%sp_merge_operaciones_ventas%"), "the gate")
+        with db.connect() as conn:  # merged but not committed: nothing visible yet
+            assert conn.execute(
+                text("select count(*) from staging.fact_operaciones_ventas where line_key like :p"),
+                {"p": "PGGATE-%"},
+            ).scalar_one() == 0  # fmt: skip
+        crash_postgres()
+    finally:
+        holder.invalidate()
+    code, output = run.wait()
+    assert code == 0, output[-3000:]
+    assert retried(output, "merge_staging")
+    report.add(published(db, "PostgreSQL crash during the gate", "published after a retry",
+                         "PGGATE", run_id, sales))  # fmt: skip
+
+
+def test_s3_down_longer_than_the_retries_fails_clearly_then_the_next_run_loads_it(
+    db, tmp_path, report
+):
+    folder, sales = delivery(tmp_path, "S3DOWN")
+    run = PipelineRun(folder)
+    try:
+        wait_for(lambda: discovered(db, "ventas_s3down.csv"), "the run's discovery")
+        kill_s3()  # killed, not stopped: it answers nothing from now on
+        code, output = run.wait()
+    finally:
+        services.start_s3()
+    assert code != 0
+    # the failure names the file, the step and the object store it could not reach
+    failure = next(line for line in output.splitlines() if line.startswith("ventas_s3down.csv:"))
+    assert "38433" in failure and "Connection refused" in failure, failure
+    assert retried(output, "01_bronze_ingest")  # a service fault is retried (data errors not)
+    with db.connect() as conn:
+        status = conn.execute(
+            text("select status from audit.deliveries where file_name = 'ventas_s3down.csv'")
+        ).scalar_one()
+    assert status == "failed"
+    report.add(Outcome("S3 killed during bronze (3 tries)", "failed clearly, nothing loaded",
+                       LINES, 0, 0, 0))  # fmt: skip
+    code, output = PipelineRun(folder).wait()
+    assert code == 0, output[-3000:]
+    assert "reintento" in output  # the ledger retries the failed file
+    report.add(published(db, "S3 back: the next run", "published",
+                         "S3DOWN", PipelineRun.run_id(output), sales))  # fmt: skip
+
+
+def test_s3_down_before_the_run_is_one_clear_line(db, tmp_path):
+    folder, _ = delivery(tmp_path, "S3GONE")
+    kill_s3()
+    try:
+        code, output = PipelineRun(folder).wait()
+    finally:
+        services.start_s3()
+    assert code == 2
+    assert "error: El almacén S3 de la conexión minio_default no responde" in output
+    assert "Traceback" not in output
+
+
+def discovered(db, file_name: str) -> bool:
+    with db.connect() as conn:
+        return bool(
+            conn.execute(
+                text("select count(*) from audit.run_log where step = 'discover' "
+                     "and source = :f"),
+                {"f": file_name},
+            ).scalar_one()
+        )  # fmt: skip
+
+
+def kill_s3() -> None:
+    """SIGKILL the embedded S3 server's process group (a crash: no grace period)."""
+    import os
+    import signal
+
+    os.killpg(int(services.PATHS.s3_pid.read_text()), signal.SIGKILL)
+    wait_for(lambda: not services._port_open(services.S3_PORT), "the S3 port to close", 30)
