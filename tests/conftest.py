@@ -38,6 +38,8 @@ def pytest_configure(config: pytest.Config) -> None:
         [params["bronze_bucket"], params["silver_bucket"], params["gold_bucket"]],
     )
     warehouse.apply_sql(warehouse.engine("postgres_default"))
+    if services.is_embedded(test_db):  # the analysts' grants on what sql/ made (sql/roles/)
+        services.prepare_database(TEST_DATABASE)
     os.environ["MEDALLION_TEST_SERVICES_READY"] = "1"
 
 

@@ -381,6 +381,77 @@ def test_warehouse_is_reached_with_the_pipeline_role(services):
     )
 
 
+def test_no_connection_logs_in_as_the_superuser(services):
+    """Every PostgreSQL URI's user is a role of its own: the pipeline's (MEDALLION_DB_USER,
+    whose default differs from POSTGRES_USER's) or airflow, never the superuser."""
+    users = {}
+    for name, service in services.items():
+        for key, value in environment(service).items():
+            # ${NAME:?message} -> NAME, so that the URI parses
+            uri = re.sub(r"\$\{([A-Za-z_]\w*)[^}]*\}", r"\1", value.strip())
+            if re.match(r"(db\+)?postgresql(\+\w+)?://", uri):
+                users[f"{name}: {key}"] = urlsplit(uri).username
+    assert users, "no PostgreSQL connection found"
+    wrong = {w: user for w, user in users.items() if user not in ("MEDALLION_DB_USER", "airflow")}
+    assert not wrong, f"connections that are neither the pipeline's role nor airflow: {wrong}"
+    defaults = env_example()
+    assert defaults["MEDALLION_DB_USER"] not in (defaults["POSTGRES_USER"], "airflow", ""), (
+        ".env.example: MEDALLION_DB_USER must be a role of its own"
+    )
+
+
+def medallion_init_script(services) -> str:
+    """The Python that medallion-init runs (its heredoc)."""
+    text = command_text(services["medallion-init"])
+    match = re.search(r"python - <<'PY'\n(.*?)\nPY\b", text, re.S)
+    assert match, "medallion-init does not run its set-up in a python heredoc"
+    return match[1]
+
+
+def test_medallion_init_applies_sql_roles_around_bootstrap(services):
+    """The roles come from sql/roles/ through medallion.services.apply_roles, the function the
+    embedded server uses (tests/test_services.py checks what it makes): before sql/, with the
+    pipeline's password from .env, and again after it for the grants on what sql/ made."""
+    from medallion.services import ROLES_DIR
+
+    script = medallion_init_script(services)
+    calls = [m.start() for m in re.finditer(r"services\.apply_roles\(", script)]
+    bootstrap = script.find('"medallion.cli", "bootstrap"')
+    assert len(calls) == 2 and calls[0] < bootstrap < calls[1], (
+        "medallion-init must call services.apply_roles before and after the bootstrap"
+    )
+    first = script[calls[0] : script.index(")", script.index("pipeline_password", calls[0]))]
+    assert 'pipeline_password=env["MEDALLION_DB_PASSWORD"]' in first
+    assert "superuser" not in re.sub(r"nosuperuser|#[^\n]*", "", script).lower()
+    assert ("bind", "./", PROJECT_DIR) in mounts(services["medallion-init"])
+    assert sorted(ROLES_DIR.glob("[0-9][0-9][0-9]_*.sql")), f"no SQL in {ROLES_DIR}"
+
+
+@pytest.mark.parametrize("pipeline", ["postgres", "airflow", "medallion_analista"])
+def test_medallion_init_refuses_a_pipeline_role_that_is_not_its_own(services, pipeline):
+    """Run medallion-init's script with MEDALLION_DB_USER set to the superuser (or another
+    role): it stops before it connects anywhere."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "POSTGRES_USER": "postgres",
+        "POSTGRES_PASSWORD": "x",
+        "MEDALLION_DB_NAME": "medallion",
+        "MEDALLION_DB_USER": pipeline,
+        "MEDALLION_DB_PASSWORD": "x",
+        "AIRFLOW_DB_PASSWORD": "x",
+    }
+    run = subprocess.run(
+        [sys.executable, "-"],
+        input=medallion_init_script(services),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "MEDALLION_DB_USER must differ from POSTGRES_USER" in run.stderr, run.stderr
+
+
 def test_celery_profile(services):
     celery = {name for name, service in services.items() if "celery" in service.get("profiles", [])}
     assert celery == {"redis", "airflow-worker"}, f"celery profile services: {sorted(celery)}"

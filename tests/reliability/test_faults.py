@@ -4,6 +4,7 @@ next run loads the delivery exactly once."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from medallion import services
+from medallion.settings import OUTPUTS_DIR as OUTPUTS
 from tests.corpus import render_csv
 from tests.reliability.conftest import (
     Outcome,
@@ -23,6 +25,7 @@ from tests.test_airflow import sales_lines
 
 pytestmark = pytest.mark.reliability
 LINES = 300
+KILL_LINES = 150_000  # silver takes a few seconds: time to kill its kernel
 
 
 def delivery(tmp_path: Path, prefix: str, n: int = LINES) -> tuple[Path, Decimal]:
@@ -209,3 +212,71 @@ def kill_s3() -> None:
 
     os.killpg(int(services.PATHS.s3_pid.read_text()), signal.SIGKILL)
     wait_for(lambda: not services._port_open(services.S3_PORT), "the S3 port to close", 30)
+
+
+def test_kernel_killed_while_silver_writes_is_retried_to_exact_counts(db, tmp_path, report):
+    import psutil
+
+    rows = [  # amounts of their own: the generator's have more decimals past line 9999
+        r | {"sales": f"{100 + i % 900}.{i % 10_000:04d}", "profit": "1.5"}
+        for i, r in enumerate(sales_lines("KILL", KILL_LINES))
+    ]
+    folder = tmp_path / "KILL"
+    folder.mkdir()
+    (folder / "ventas_kill.csv").write_bytes(render_csv(rows))
+    run = PipelineRun(folder)
+
+    def cleaning() -> bool:
+        """Notebook 02 is running its cleaning cell (papermill records each cell's status)."""
+        for path in OUTPUTS.glob("*/02_silver_clean__ventas_kill.csv.ipynb"):
+            try:
+                cells = json.loads(path.read_text())["cells"]
+            except (ValueError, OSError):  # being written
+                return False
+            return any(
+                c.get("metadata", {}).get("papermill", {}).get("status") == "running"
+                and "silver.clean_file" in "".join(c["source"])
+                for c in cells
+            )
+        return False
+
+    wait_for(cleaning, "notebook 02's cleaning cell")
+    kernels = [
+        p for p in psutil.Process(run.proc.pid).children(recursive=True)
+        if "ipykernel" in " ".join(p.cmdline())
+    ]  # fmt: skip
+    assert len(kernels) == 1, kernels
+    kernels[0].kill()
+    code, output = run.wait()
+    assert code == 0, output[-3000:]
+    assert retried(output, "02_silver_clean")
+    run_id = PipelineRun.run_id(output)
+    with db.connect() as conn:
+        lines_in, rows_out, quarantined, staged = conn.execute(
+            text("select sum(lines_in), sum(rows_out), sum(rows_quarantined), "
+                 "(select count(*) from staging.fact_operaciones_ventas "
+                 " where line_key like 'KILL-%') "
+                 "from audit.run_log where run_id = :r and step = 'silver'"),
+            {"r": run_id},
+        ).one()  # fmt: skip
+    assert (lines_in, rows_out, quarantined, staged) == (KILL_LINES, KILL_LINES, 0, KILL_LINES)
+    report.add(Outcome("kernel killed during silver", "published after a retry",
+                       int(lines_in), staged, int(quarantined), 0))  # fmt: skip
+
+
+def test_two_runs_at_once_on_the_same_files_load_each_line_once(db, tmp_path, report):
+    folder, sales = delivery(tmp_path, "TWICE")
+    first, second = PipelineRun(folder), PipelineRun(folder)
+    results = [first.wait(), second.wait()]
+    assert [code for code, _ in results] == [0, 0], [out[-2000:] for _, out in results]
+    with db.connect() as conn:
+        staged, distinct, staged_sales = conn.execute(
+            text("select count(*), count(distinct line_key), sum(sales) "
+                 "from staging.fact_operaciones_ventas where line_key like 'TWICE-%'")
+        ).one()  # fmt: skip
+        status = conn.execute(
+            text("select status from audit.deliveries where file_name = 'ventas_twice.csv'")
+        ).scalar_one()
+    assert (staged, distinct, staged_sales, status) == (LINES, LINES, sales, "loaded")
+    report.add(Outcome("two runs at once, same files", "both succeed, each line once",
+                       LINES, staged, 0, staged - distinct))  # fmt: skip
