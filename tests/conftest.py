@@ -27,8 +27,22 @@ TEST_DATABASE = os.environ.get("MEDALLION_TEST_DATABASE", "medallion_test")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "pure: needs no service (the session starts none)")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items) -> None:
+    """Start the services once, before the first test, unless every selected test is pure
+    (`pytest tests/test_contract.py` starts no server)."""
     if config.option.collectonly or os.environ.get("MEDALLION_TEST_SERVICES_READY"):
         return
+    if items and all(item.get_closest_marker("pure") for item in items):
+        return
+    start_services()
+
+
+def start_services() -> None:
+    """The services of the session, a fresh database, the buckets and sql/; the connection
+    variables are set before any notebook kernel starts, so nbval's kernels use them too."""
     services.use_services()
     test_db = warehouse.fresh_database("postgres_default", TEST_DATABASE)
     os.environ[env_var_name("postgres_default")] = test_db.as_json()

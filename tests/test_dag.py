@@ -10,6 +10,8 @@ import pytest
 from medallion.runs import AIRFLOW_HOME, airflow_env
 from medallion.settings import PROJECT_ROOT
 
+pytestmark = pytest.mark.pure  # no service: runs without starting any
+
 CHECK = r"""
 import json, warnings
 warnings.simplefilter("ignore")

@@ -4,8 +4,11 @@ import datetime as dt
 
 import pandas as pd
 import pyarrow as pa
+import pytest
 
 from medallion.gold import DIM_CLIENTE, DIM_INVENTARIO, DimensionBuilder
+
+pytestmark = pytest.mark.pure  # no service: runs without starting any
 
 COLUMNS = [
     "product_id",

@@ -2,8 +2,12 @@
 
 import json
 
+import pytest
+
 from medallion import sample
 from medallion.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.pure  # no service: runs without starting any
 
 
 def test_committed_sample_is_reproducible(tmp_path):

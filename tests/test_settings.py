@@ -11,6 +11,8 @@ from medallion.settings import (
     run_slug,
 )
 
+pytestmark = pytest.mark.pure  # no service: runs without starting any
+
 JSON_FORMS = [
     {"conn_type": "aws", "login": "k", "password": "s", "extra": {"endpoint_url": "http://h:9"}},
     {"conn_type": "postgresql", "host": "h", "port": "5433", "login": "u", "schema": "ventas"},
