@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 from minio import Minio
 
@@ -14,6 +17,11 @@ from medallion.parsing import SUPPORTED, logical_suffix
 from medallion.settings import run_slug
 
 PREFIX = "ventas"
+DELIVERED_NAME = "delivered-name"  # object metadata: the file name as delivered (%-encoded)
+_MAX_NAME = 200  # bytes (UTF-8) of the name part of a key; S3 allows 1024 for the whole key
+# Kept in keys: letters and digits of any script, and punctuation S3 keys carry as they are;
+# everything else (control characters, separators, characters S3 advises against) -> "_".
+_UNSAFE = re.compile(r"[^\w .,;=+@()!$&'-]")
 
 
 @dataclass
@@ -44,6 +52,26 @@ def list_input_files(input_path: Path, allow_empty: bool = False) -> list[Path]:
     return files
 
 
+def safe_object_name(name: str) -> str:
+    """The file name as it can stand in an object key: no path separators, no '..', no
+    control characters; letters of any script stay, so the key stays readable:
+    '..\\..\\evil.csv' -> 'evil.csv'; 'año\\x01.csv' (a control character) -> 'año_.csv'."""
+    name = unicodedata.normalize("NFC", name)
+    parts = [p for p in re.split(r"[/\\]", name) if p.strip(" .")]  # no '.', '..' or ''
+    text = re.sub(r"\.{2,}", ".", _UNSAFE.sub("_", "_".join(parts))).strip(" .")
+    if len(text.encode()) > _MAX_NAME:
+        suffix = "".join(Path(text).suffixes[-2:])[-20:]  # keeps '.csv.gz'
+        stem = text[: len(text) - len(suffix)].encode()[: _MAX_NAME - len(suffix.encode())]
+        text = stem.decode("utf-8", "ignore") + suffix
+    return text or "file"
+
+
+def delivered_name(client: Minio, bucket: str, key: str) -> str:
+    """The name a bronze object was delivered under (its key holds a safe form of it)."""
+    stored = client.stat_object(bucket, key).metadata.get(f"x-amz-meta-{DELIVERED_NAME}")
+    return unquote(stored) if stored else Path(key).name
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -58,9 +86,10 @@ def ingest_file(
     """Upload one file unless the same bytes under the same name are already in bronze (then
     reuse that object).
 
-    Key: ``ventas/ingest_date=YYYY-MM-DD/<sha256[:16]>/<file name>``; an index object per
+    Key: ``ventas/ingest_date=YYYY-MM-DD/<sha256[:16]>/<safe file name>``; an index object per
     content hash and name makes re-delivering the same file a no-op on any later day, while
-    every object keeps the name it was delivered under (the messages about it name that file).
+    every object keeps the name it was delivered under: in its key when that name is safe
+    there, always in its metadata (the messages about it name that file).
     """
     sha = sha256_of(path)
     index_key = f"_index/sha256={sha}/{run_slug(path.name)}.json"
@@ -68,8 +97,10 @@ def ingest_file(
         key = storage.get_json(client, bucket, index_key)["key"]
         return Delivery(path, sha, path.stat().st_size, key, "already in bronze")
     ingest_date = ingest_date or dt.datetime.now(dt.UTC).date()
-    key = f"{PREFIX}/ingest_date={ingest_date.isoformat()}/{sha[:16]}/{path.name}"
-    client.fput_object(bucket, key, str(path), metadata={"sha256": sha})
+    name = safe_object_name(path.name)
+    key = f"{PREFIX}/ingest_date={ingest_date.isoformat()}/{sha[:16]}/{name}"
+    metadata = {"sha256": sha, DELIVERED_NAME: quote(path.name, safe=" ()+,;=@!$&'")}
+    client.fput_object(bucket, key, str(path), metadata=metadata)
     storage.put_json(
         client, bucket, index_key, {"key": key, "sha256": sha, "source_path": str(path)}
     )

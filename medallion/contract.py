@@ -86,7 +86,7 @@ class Limits:
     """Caps that keep memory bounded on hostile input (``limits:`` in the contract)."""
 
     max_file_mb: int = 4096  # decompressed size of one delivered file: larger fails the file
-    max_line_kb: int = 1024  # one line (CSV) or record (JSON): larger is quarantined
+    max_line_kb: int = 2048  # one line (CSV) or record (JSON): larger is quarantined
     max_json_depth: int = 32  # nesting of a JSON record: deeper is quarantined
 
 

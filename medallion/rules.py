@@ -2,6 +2,9 @@
 
 Each check yields (rule, message, mask). A row is reported with every rule it fails, not just
 the first; what happens to it depends on the rule's severity in the contract (warn, drop, fail).
+A value that could not be stored as it is (a control character, digits of another script, more
+digits than the column holds) fails a rule of its own: it never reaches a cast that would fail
+the whole file.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,7 +20,8 @@ import pyarrow.compute as pc
 from medallion.contract import Contract
 from medallion.parsing import normalize_amount, parse_dates
 
-_INTEGER = r"[+]?\d+"
+_INTEGER = r"[+]?[0-9]+"  # ASCII digits only (see parsing: no \d)
+_INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,11 @@ def _strings(chunk: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 def _checks(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat, structural: pd.Series):
     """Yield (rule, message, mask) for every rule; also converts the chunk's values in place."""
+    if "control_fields" in chunk:  # found by the reader, in the raw line or the record's values
+        fields = chunk["control_fields"]
+        for names in fields.dropna().unique():
+            yield "control_character", f"control character in {names}", fields == names
+
     for name in contract.required:
         yield "missing_required", f"missing {name}", chunk[name].isna() & ~structural
 
@@ -70,23 +80,39 @@ def _checks(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat, structura
     numbers = {}
     for col in (c for c in contract.columns.values() if c.type == "decimal"):
         text, valid = normalize_amount(chunk[col.name], fmt.decimal_separator)
-        yield "not_a_number", f"{col.name} is not a number", chunk[col.name].notna() & ~valid
+        foreign = _foreign_digits(chunk[col.name], chunk[col.name].notna() & ~valid)
+        yield "non_ascii_digits", f"{col.name} has non-ASCII digits", foreign
+        yield (
+            "not_a_number",
+            f"{col.name} is not a number",
+            chunk[col.name].notna() & ~valid & ~foreign,
+        )
         point = text.str.find(".")  # canonical text: at most one point
-        decimals = (text.str.len() - point - 1).where(point >= 0, 0).fillna(0)
+        length = text.str.len()
+        decimals = (length - point - 1).where(point >= 0, 0).fillna(0)
         yield (
             "too_many_decimals",
             f"{col.name} has more than {col.scale} decimal places",
             (decimals > col.scale),
         )
-        chunk[col.name] = text.where(decimals <= col.scale)
+        digits = col.arrow_type.precision - col.scale
+        too_big = _more_integer_digits(text, length, digits)
+        yield "amount_out_of_range", f"{col.name} has more than {digits} integer digits", too_big
+        chunk[col.name] = text.where((decimals <= col.scale) & ~too_big)
         numbers[col.name] = _to_float(text)
 
-    qty_text, _ = normalize_amount(chunk["quantity"], fmt.decimal_separator)
-    not_int = chunk["quantity"].notna() & ~qty_text.str.fullmatch(_INTEGER).fillna(False)
+    qty_text, qty_valid = normalize_amount(chunk["quantity"], fmt.decimal_separator)
+    present = chunk["quantity"].notna()
+    foreign = _foreign_digits(chunk["quantity"], present & ~qty_valid)
+    yield "non_ascii_digits", "quantity has non-ASCII digits", foreign
+    not_int = present & ~foreign & ~qty_text.str.fullmatch(_INTEGER).fillna(False)
     yield "quantity_not_integer", "quantity is not an integer", not_int
-    qty = _to_float(qty_text.where(~not_int))
+    integer = qty_text.where(~not_int & ~foreign)
+    too_big = _beyond_int64(integer)
+    yield "integer_out_of_range", "quantity is beyond the 64-bit integer range", too_big
+    qty = _to_int64(integer.where(~too_big))  # exact: never through float
     yield "quantity_not_positive", "quantity is not > 0", qty.notna() & (qty <= 0)
-    chunk["quantity"] = qty.astype("Int64")
+    chunk["quantity"] = qty
 
     if "sales" in numbers:
         yield "sales_negative", "sales is negative", numbers["sales"] < 0
@@ -95,6 +121,44 @@ def _checks(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat, structura
         yield "discount_out_of_range", "discount outside [0, 1]", (d < 0) | (d > 1)
     if {"profit", "sales"} <= numbers.keys():
         yield "profit_above_sales", "profit above sales", numbers["profit"] > numbers["sales"]
+
+
+def _foreign_digits(values: pd.Series, suspects: pd.Series) -> pd.Series:
+    """Where a value that is not a number has digits of another script ('１２３', '٣'):
+    looked at in Python, on the few rows that failed the ASCII patterns only."""
+    rows = suspects.to_numpy(dtype=bool, na_value=False)
+    out = np.zeros(len(values), dtype=bool)
+    if rows.any():
+        out[rows] = [
+            any(c.isdecimal() and not c.isascii() for c in v) for v in values[rows].astype(str)
+        ]
+    return pd.Series(out, index=values.index)
+
+
+def _more_integer_digits(text: pd.Series, length: pd.Series, digits: int) -> pd.Series:
+    """Canonical amounts with more than ``digits`` digits before the point (leading zeros
+    do not count): decimal(18, 4) holds 14, and Arrow's cast would fail the whole chunk."""
+    out = (length > digits).fillna(False).astype(bool)  # a cheap bound: few are that long
+    if out.any():
+        whole = text[out].str.split(".").str[0].str.lstrip("-").str.lstrip("0")
+        out[out] = whole.str.len() > digits
+    return out
+
+
+def _beyond_int64(text: pd.Series) -> pd.Series:
+    """Canonical integers outside a bigint (at most 19 digits can fit: only those are parsed)."""
+    out = (text.str.len() > 18).fillna(False).astype(bool)
+    if out.any():
+        out[out] = [abs(int(v)) > _INT64_MAX for v in text[out]]
+    return out
+
+
+def _to_int64(text: pd.Series) -> pd.Series:
+    """Canonical integer text (validated and in range, or missing) as Int64, cast by Arrow."""
+    values = pc.cast(pa.array(text, type=pa.string(), from_pandas=True), pa.int64())
+    return pd.Series(
+        values.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get), index=text.index
+    )
 
 
 def _to_float(text: pd.Series) -> pd.Series:
@@ -114,13 +178,11 @@ def apply_rules(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat) -> Ve
     reasons = parse_error.astype("string").fillna("")
     warnings = pd.Series("", index=chunk.index, dtype="string")
     verdict = Verdict(chunk, reasons, warnings, {s: Counter() for s in ("warn", "drop", "fail")})
-    if structural.any():
-        rule = (
-            "invalid_json"
-            if parse_error.str.startswith("invalid JSON").any()
-            else "wrong_field_count"
-        )
-        _count(verdict, contract.severity(rule), rule, structural, chunk)
+    if structural.any():  # the reader names the structural rule of each line it could not read
+        rules = chunk["parse_rule"] if "parse_rule" in chunk else pd.Series(None, index=chunk.index)
+        rules = rules.where(structural).fillna("wrong_field_count").where(structural)
+        for rule in rules.dropna().unique():
+            _count(verdict, contract.severity(rule), rule, rules == rule, chunk)
 
     warned = []
     for rule, message, mask in _checks(chunk, contract, fmt, structural):

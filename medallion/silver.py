@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from minio import Minio
 
-from medallion import storage
+from medallion import bronze, storage
 from medallion.contract import Contract
 from medallion.parsing import (
     InputFileError,
@@ -24,6 +24,7 @@ from medallion.parsing import (
     detect_date_format,
     detect_decimal,
     prefetched,
+    printable,
     read_chunks,
 )
 from medallion.rules import ValueFormat, apply_rules
@@ -243,15 +244,24 @@ class TableCollector:
 
 
 def clean_path(
-    path: Path, source: str, contract: Contract, run_id: str, batch_size: int, out, quarantine
+    path: Path,
+    source: str,
+    contract: Contract,
+    run_id: str,
+    batch_size: int,
+    out,
+    quarantine,
+    label: str | None = None,
 ) -> FileReport:
-    """Read, check and split one local file into two writers (silver and quarantine)."""
-    fmt, chunks = read_chunks(path, contract, source, batch_size)
+    """Read, check and split one local file into two writers (silver and quarantine).
+    ``source`` is stored on every row; ``label`` (default: source) names the file in messages."""
+    label = label or source
+    fmt, chunks = read_chunks(path, contract, label, batch_size)
     report = FileReport(source_object=source, format=fmt)
     _clean_chunks(prefetched(chunks), report, contract, run_id, out, quarantine)
-    _gate(report, contract)
+    _gate(report, contract, label)
     if report.lines_in != report.rows_out + report.quarantined + report.duplicates:
-        raise AssertionError(f"{source}: lines were lost ({report.as_row()})")
+        raise AssertionError(f"{label}: lines were lost ({report.as_row()})")
     return report
 
 
@@ -280,6 +290,10 @@ def clean_file(
     rule); then nothing of the file is written to the silver bucket.
     """
     source = f"s3://{bronze_bucket}/{bronze_key}"
+    delivered = bronze.delivered_name(client, bronze_bucket, bronze_key)
+    label = source
+    if delivered != Path(bronze_key).name:  # the key has a safe form of the delivered name
+        label = f"{source} (delivered as '{printable(delivered)}')"
     silver_key, quarantine_key = silver_keys(bronze_key)
     with (
         storage.downloaded(client, bronze_bucket, bronze_key) as path,
@@ -288,7 +302,7 @@ def clean_file(
             client, silver_bucket, quarantine_key, contract.quarantine_schema
         ) as quarantine,
     ):
-        report = clean_path(path, source, contract, run_id, batch_size, out, quarantine)
+        report = clean_path(path, source, contract, run_id, batch_size, out, quarantine, label)
     report.silver_key = silver_key if report.rows_out else None
     report.quarantine_key = quarantine_key if report.quarantined else None
     return report
@@ -344,9 +358,8 @@ def _clean_chunks(
         report.rows_out, report.quarantined = out.rows, quarantine.rows
 
 
-def _gate(report: FileReport, contract: Contract) -> None:
+def _gate(report: FileReport, contract: Contract, source: str) -> None:
     """Stop the file (nothing reaches silver) on a `fail` rule or too many rejects."""
-    source = report.source_object
     if report.lines_in == 0:
         raise InputFileError(f"{source}: the file has a header but no sales lines.")
     nothing = "Nothing of this file was written to silver."

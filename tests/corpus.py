@@ -478,7 +478,14 @@ CASES: list[Case] = [
         lambda: b"fecha,importe,nota\n2024-01-01,10,x\n",
         fails=r"required column\(s\) \['order_id', 'customer_id', 'product_id', 'quantity'\]",
     ),
-    Case("not_json.json", lambda: b'[{"ID Pedido": 1,,}]', fails="not valid JSON"),
+    Case(
+        "invalid_record_in_array.json",
+        lambda: render_json(lines())[:-2] + b',\n  {"ID Pedido": 1,,}\n]',
+        8,
+        1,
+        reasons=("invalid JSON: Expecting property name enclosed in double quotes (column 17)",),
+    ),
+    Case("not_json.json", lambda: b'[{"ID Pedido": 1}, {"ID Pedido": ', fails="not valid JSON"),
     Case(
         "too_many_rejects.csv",
         lambda: render_csv(lines(4) + [dict(r, customer_id="") for r in lines(4, 5)]),
@@ -487,9 +494,166 @@ CASES: list[Case] = [
 ]
 
 
+# --------------------------------------------------------------------------- hostile input
+# Files made to break things (found by doing so): each odd value must cost its line, never the
+# file. Good lines carry row ids 1..silver, so a test can tell that exactly they reached silver.
+
+DEEP = "[" * 10_000 + "]" * 10_000  # json.loads recursed into it: RecursionError
+LONG = "x" * (3 << 20)  # above the contract's max_line_kb (2048 KB)
+
+
+def _extra_column(n: int, bad_value: str) -> bytes:
+    """A CSV with an unmapped column (kept in extra_attributes); the last line's is bad."""
+    head, *body = render_csv(lines(n + 1)).decode().splitlines()
+    values = ["Luis"] * n + [bad_value]
+    body = [f"{line},{value}" for line, value in zip(body, values, strict=True)]
+    return ("\n".join([f"{head},Vendedor", *body]) + "\n").encode()
+
+
+def _jsonl_with(record: str, n: int = 8) -> bytes:
+    return render_json(lines(n), "lines") + record.encode() + b"\n"
+
+
+def _array_with(record: str, n: int = 8) -> bytes:
+    return render_json(lines(n))[:-2] + b",\n  " + record.encode() + b"\n]"
+
+
+def _bad_record(**values: str) -> str:
+    record = as_json_record(lines(1, start=9)[0])
+    return json.dumps(record | values, ensure_ascii=False)
+
+
+def _tabbed() -> bytes:
+    rows = lines(8)
+    rows[0] = dict(rows[0], product_name="Silla\tergonómica")  # a tab is text, not a control
+    bad = lines(2, start=9)
+    bad[0]["product_name"] = "Silla\x01"
+    bad[1]["city"] = "Barce\x7flona"
+    return render_csv(rows + bad)
+
+
+def _truncated_gzip() -> bytes:
+    data = _gzip(render_csv(lines(2000)))
+    return data[: len(data) // 2]
+
+
+def _damaged_gzip() -> bytes:
+    data = bytearray(_gzip(render_csv(lines(2000))))
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # zeros over the deflate stream
+    return bytes(data)
+
+
+HOSTILE: list[Case] = [
+    Case(
+        "nul_after_8kb.csv",
+        lambda: render_csv(with_bad("customer_name", "Ana\x00Díaz", n=60)),
+        60,
+        1,
+        reasons=("control character in customer_name",),
+    ),
+    Case(
+        "nul_in_extra_column.csv",
+        lambda: _extra_column(8, "Lu\x00is"),
+        8,
+        1,
+        reasons=("control character in Vendedor",),
+    ),
+    Case(
+        "control_characters.csv",
+        _tabbed,
+        8,
+        2,
+        reasons=("control character in city", "control character in product_name"),
+        check=lambda rows: "Silla\tergonómica" in {r["product_name"] for r in rows},
+    ),
+    Case(
+        "nul_escaped_in_json.jsonl",
+        lambda: _jsonl_with(_bad_record(Cliente="Ana\u0000", Vendedor="x\u0001")),
+        8,
+        1,
+        reasons=("control character in customer_name, Vendedor",),
+    ),
+    Case(
+        "fullwidth_digits.csv",
+        lambda: render_csv(with_bad("sales", "１２３")),
+        8,
+        1,
+        reasons=("sales has non-ASCII digits",),
+    ),
+    Case(
+        "arabic_indic_quantity.csv",
+        lambda: render_csv(with_bad("quantity", "٣")),
+        8,
+        1,
+        reasons=("quantity has non-ASCII digits",),
+    ),
+    Case(
+        "amount_beyond_precision.csv",
+        lambda: render_csv(
+            [dict(r, sales="99999999999999.9999") for r in lines(1)]  # 14 digits: fits
+            + lines(7, start=2)
+            + [dict(lines(1, start=9)[0], sales="100000000000000")]  # 10^14: 15 digits
+        ),
+        8,
+        1,
+        reasons=("sales has more than 14 integer digits",),
+        check=lambda rows: str(rows[0]["sales"]) == "99999999999999.9999",
+    ),
+    Case(
+        "quantity_beyond_int64.csv",
+        lambda: render_csv(
+            [dict(r, quantity="9223372036854775807") for r in lines(1)]  # bigint's largest
+            + lines(7, start=2)
+            + [dict(lines(1, start=9)[0], quantity="99999999999999999999")]
+        ),
+        8,
+        1,
+        reasons=("quantity is beyond the 64-bit integer range",),
+        check=lambda rows: rows[0]["quantity"] == 9223372036854775807,
+    ),
+    Case(
+        "nested_10000_deep.jsonl",
+        lambda: _jsonl_with(f'{{"ID Pedido": "ES-9", "x": {DEEP}}}'),
+        8,
+        1,
+        reasons=("JSON nested deeper than 32 levels (limits.max_json_depth)",),
+    ),
+    Case(
+        "nested_10000_deep.json",
+        lambda: _array_with(f'{{"ID Pedido": "ES-9", "x": {DEEP}}}'),
+        8,
+        1,
+        reasons=("JSON nested deeper than 32 levels (limits.max_json_depth)",),
+    ),
+    Case(
+        "line_of_3mb.csv.gz",
+        lambda: _gzip(render_csv(with_bad("product_name", LONG))),
+        8,
+        1,
+        reasons=("line longer than 2,048 KB (limits.max_line_kb)",),
+    ),
+    Case(
+        "line_of_3mb.jsonl",
+        lambda: _jsonl_with(_bad_record(Producto=LONG)),
+        8,
+        1,
+        reasons=("line longer than 2,048 KB (limits.max_line_kb)",),
+    ),
+    Case(
+        "record_of_3mb.json",
+        lambda: _array_with(_bad_record(Producto=LONG)),
+        8,
+        1,
+        reasons=("record longer than 2,048 KB (limits.max_line_kb)",),
+    ),
+    Case("truncated.csv.gz", _truncated_gzip, fails="the gzip file is truncated"),
+    Case("damaged.csv.gz", _damaged_gzip, fails="the gzip file is damaged"),
+]
+
+
 if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "corpus")
     out.mkdir(parents=True, exist_ok=True)
-    for case in CASES:
+    for case in CASES + HOSTILE:
         (out / case.name).write_bytes(case.build())
         print(f"{case.name:45} {case.outcome}")
