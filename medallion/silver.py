@@ -28,6 +28,7 @@ from medallion.parsing import (
     read_chunks,
 )
 from medallion.rules import ValueFormat, apply_rules
+from medallion.settings import run_slug
 
 __all__ = ["FileRejected", "FileReport", "InputFileError", "clean_file", "read_chunks"]
 
@@ -218,14 +219,16 @@ def to_arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def silver_keys(bronze_key: str) -> tuple[str, str]:
-    """Silver and quarantine keys derived from the bronze object: a re-run overwrites its own
-    output with the same rows and never touches another delivery's."""
+def silver_keys(bronze_key: str, run_id: str) -> tuple[str, str]:
+    """Silver and quarantine keys of a bronze object in a run: a retry of the run overwrites
+    its own output with the same rows; another run (even on the same bytes, at the same
+    time) writes beside it, never over it."""
     content_id = Path(bronze_key).parent.name
     stem = Path(bronze_key).name
+    run = run_slug(run_id)
     return (
-        f"ventas/source={content_id}/{stem}.parquet",
-        f"quarantine/ventas/source={content_id}/{stem}.parquet",
+        f"ventas/source={content_id}/run={run}/{stem}.parquet",
+        f"quarantine/ventas/source={content_id}/run={run}/{stem}.parquet",
     )
 
 
@@ -294,7 +297,7 @@ def clean_file(
     label = source
     if delivered != Path(bronze_key).name:  # the key has a safe form of the delivered name
         label = f"{source} (delivered as '{printable(delivered)}')"
-    silver_key, quarantine_key = silver_keys(bronze_key)
+    silver_key, quarantine_key = silver_keys(bronze_key, run_id)
     with (
         storage.downloaded(client, bronze_bucket, bronze_key) as path,
         storage.ParquetUpload(client, silver_bucket, silver_key, contract.silver_schema) as out,

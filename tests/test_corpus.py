@@ -55,7 +55,7 @@ def test_corpus_file(case, s3, params, tmp_path):
         with pytest.raises(silver.InputFileError, match=case.fails) as err:
             clean()
         assert case.name in str(err.value)  # the message names the file
-        for key in silver.silver_keys(delivery.key):  # nothing of it reached silver
+        for key in silver.silver_keys(delivery.key, "corpus"):  # nothing of it reached silver
             assert not storage.object_exists(s3, params["silver_bucket"], key)
         return
     _, report, rows, rejects = run_silver(s3, params, tmp_path, case.name, case.build())

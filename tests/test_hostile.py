@@ -40,7 +40,7 @@ def test_hostile_file(case, s3, params, tmp_path):
             clean()
         assert case.name in str(err.value)  # the message names the file
         assert not isinstance(err.value, silver.FileRejected)  # the file, not its lines
-        for key in silver.silver_keys(delivery.key):  # nothing of it reached silver
+        for key in silver.silver_keys(delivery.key, "corpus"):  # nothing of it reached silver
             assert not storage.object_exists(s3, params["silver_bucket"], key)
         return
     _, report, rows, rejects = run_silver(s3, params, tmp_path, case.name, case.build())
