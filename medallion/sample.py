@@ -1,7 +1,8 @@
 """Deterministic generator of realistic sales lines (Spanish-speaking markets).
 
 The same arguments always give the same bytes. Each bad line breaks exactly one rule of the
-contract, and the generator writes what it injected to ``<folder>.expected.json``, so tests
+contract, and the generator writes what it injected to ``<folder>.expected.json`` (beside the
+folder, which stays a delivery of sales files only), so tests
 compare the pipeline with the generator's own account, not with hard-coded numbers.
 
     python -m medallion.sample --rows 1000000 --out data/generated      # make sample ROWS=...
@@ -431,7 +432,11 @@ def write_generated(
         write_json(path, lines, expected, json_lines=True)
     summary = expected.as_dict()
     summary["customers"], summary["products"] = len(summary["customers"]), len(summary["products"])
-    (out / f"{path.name}.expected.json").write_text(json.dumps(summary, indent=1) + "\n")
+    # beside the folder, not in it: the folder is a delivery, and this file is not sales
+    expected_file = out.parent / f"{out.name}.expected.json"
+    accounts = json.loads(expected_file.read_text()) if expected_file.exists() else {}
+    accounts[path.name] = summary
+    expected_file.write_text(json.dumps(accounts, indent=1, sort_keys=True) + "\n")
     return path
 
 

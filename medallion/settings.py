@@ -154,5 +154,6 @@ def load_params(env: str = "local") -> dict[str, Any]:
 
 
 def run_slug(run_id: str) -> str:
-    """A run id made safe for object keys and folder names (Airflow ids contain ':' and '+')."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", run_id).strip("-") or "run"
+    """A run id made safe for object keys and folder names (Airflow ids contain ':' and '+');
+    never '.', '..' or hidden: ``outputs/<slug>`` stays inside ``outputs/``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", run_id).strip("-.") or "run"

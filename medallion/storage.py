@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import tempfile
 from collections import deque
 from collections.abc import Iterator
@@ -119,10 +121,25 @@ def clear_file_manifests(client: Minio, bucket: str, run_id: str, step: str) -> 
         client.remove_object(bucket, o.object_name)
 
 
+TEMP_PREFIX = "medallion-"
+
+
+def work_dir() -> tempfile.TemporaryDirectory:
+    """A temporary folder named after this process (``medallion-<pid>-…``). A killed kernel
+    cannot remove its own; the folders of processes that are gone are removed here first."""
+    from medallion.services import pid_alive
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        pid = folder.name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+
+
 @contextmanager
 def downloaded(client: Minio, bucket: str, key: str) -> Iterator[Path]:
     """Download an object to a temporary file (streamed, not held in memory)."""
-    with tempfile.TemporaryDirectory(prefix="medallion-") as tmp:
+    with work_dir() as tmp:
         path = Path(tmp) / Path(key).name
         client.fget_object(bucket, key, str(path))
         yield path
@@ -137,7 +154,7 @@ class ParquetUpload:
 
     def __init__(self, client: Minio, bucket: str, key: str, schema: pa.Schema):
         self.client, self.bucket, self.key, self.schema = client, bucket, key, schema
-        self._tmp = tempfile.TemporaryDirectory(prefix="medallion-")
+        self._tmp = work_dir()
         self.path = Path(self._tmp.name) / "part.parquet"
         self._writer = pq.ParquetWriter(self.path, schema, compression="zstd")
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")

@@ -32,8 +32,9 @@ def test_sample_has_bad_lines_of_each_rule():
 
 
 def test_generated_file_matches_its_expectations(tmp_path):
-    path = sample.write_generated(500, tmp_path, bad_every=50)
-    expected = json.loads((tmp_path / f"{path.name}.expected.json").read_text())
+    path = sample.write_generated(500, tmp_path / "generated", bad_every=50)
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # a clean delivery
+    expected = json.loads((tmp_path / "generated.expected.json").read_text())[path.name]
     assert expected["lines"] == 500
     assert expected["quarantined"] == 10
     assert sum(1 for _ in path.open()) == 501  # header + lines

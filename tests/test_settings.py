@@ -77,3 +77,10 @@ def test_run_slug_is_path_safe():
     assert run_slug("manual__2026-11-27T22:04:55.110717+00:00") == (
         "manual__2026-11-27T22-04-55.110717-00-00"
     )
+
+
+@pytest.mark.parametrize("run_id", ["..", ".", "../../etc", "/..", ".hidden", "..\\.."])
+def test_run_slug_never_leaves_its_folder(run_id, tmp_path):
+    slug = run_slug(run_id)
+    assert (tmp_path / slug).resolve().parent == tmp_path.resolve()
+    assert not slug.startswith(".")

@@ -650,3 +650,36 @@ def test_sql_is_applied_once_per_version(db, tmp_path):
     assert warehouse.apply_sql(db, tmp_path) == []
     assert warehouse.apply_sql(db) == ["050_vw_operaciones_ventas.sql"]  # back to the committed
     assert scalar(db, "select count(*) from staging.dim_cliente where cliente_key = -1") == 1
+
+
+def test_a_lock_wait_times_out_and_the_holder_is_named(db):
+    holder = db.connect()
+    holder.execute(text("select 1"))
+    holder_pid = holder.execute(text("select pg_backend_pid()")).scalar_one()
+    holder.execute(text("lock table staging.dim_inventario in access exclusive mode"))
+    try:
+        with db.connect() as waiter:
+            waiter.execute(text("set lock_timeout = '200ms'"))
+            with pytest.raises(DBAPIError) as err:
+                waiter.execute(text("select count(*) from staging.dim_inventario"))
+            assert err.value.orig.pgcode in warehouse.LOCK_ERRORS
+        holders = warehouse.lock_holders(db)
+        assert f"pid {holder_pid} (" in holders
+        assert "AccessExclusiveLock on staging.dim_inventario" in holders
+        assert "lock table staging.dim_inventario" in holders  # what the holder runs
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_pipeline_sessions_carry_the_limits(db):
+    with db.connect() as conn:
+        settings = {
+            name: conn.execute(text(f"show {name}")).scalar_one()
+            for name in ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout")
+        }
+    assert settings == {
+        "lock_timeout": "2min",
+        "statement_timeout": "1h",
+        "idle_in_transaction_session_timeout": "15min",
+    }

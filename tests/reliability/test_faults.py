@@ -5,13 +5,14 @@ next run loads the delivery exactly once."""
 from __future__ import annotations
 
 import json
+import tempfile
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from medallion import services
+from medallion import services, storage
 from medallion.settings import OUTPUTS_DIR as OUTPUTS
 from tests.corpus import render_csv
 from tests.reliability.conftest import (
@@ -260,6 +261,11 @@ def test_kernel_killed_while_silver_writes_is_retried_to_exact_counts(db, tmp_pa
             {"r": run_id},
         ).one()  # fmt: skip
     assert (lines_in, rows_out, quarantined, staged) == (KILL_LINES, KILL_LINES, 0, KILL_LINES)
+    # the killed kernel's temporary folder was removed by the next step that made one
+    assert not [
+        d for d in Path(tempfile.gettempdir()).glob(f"{storage.TEMP_PREFIX}*-*")
+        if not services.pid_alive(int(d.name.removeprefix(storage.TEMP_PREFIX).split("-")[0]))
+    ]  # fmt: skip
     report.add(Outcome("kernel killed during silver", "published after a retry",
                        int(lines_in), staged, int(quarantined), 0))  # fmt: skip
 
