@@ -156,9 +156,9 @@ def _beyond_int64(text: pd.Series) -> pd.Series:
 def _to_int64(text: pd.Series) -> pd.Series:
     """Canonical integer text (validated and in range, or missing) as Int64, cast by Arrow."""
     values = pc.cast(pa.array(text, type=pa.string(), from_pandas=True), pa.int64())
-    return pd.Series(
-        values.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get), index=text.index
-    )
+    # by position: the chunk's index need not start at 0 (a Series would be aligned by label)
+    as_int = values.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get).array
+    return pd.Series(as_int, index=text.index)
 
 
 def _to_float(text: pd.Series) -> pd.Series:

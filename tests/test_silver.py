@@ -237,3 +237,22 @@ def test_amounts_lose_currency_symbols_and_spaces_but_not_digits():
     text, valid = normalize_amount(values, ",")
     assert text.tolist()[:3] == ["1234.50", "1234.5", "12.5"]
     assert valid.tolist()[:4] == [True, True, True, False]
+
+
+@pytest.mark.parametrize("batch_size", [7, 100_000])
+def test_every_typed_value_is_the_delivered_one_whatever_the_chunking(contract, batch_size):
+    """A regression: values converted per chunk must stay on their own line (a chunk's index
+    does not start at 0)."""
+    import csv
+
+    from medallion.settings import PROJECT_ROOT
+
+    path = PROJECT_ROOT / "data" / "sample" / "ventas_2024_h1.csv"
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        delivered = {r["Row ID"]: r for r in csv.DictReader(f)}
+    _, rows, _ = silver.clean_local(path, contract, batch_size=batch_size)
+    assert rows.num_rows > 2000
+    for row in rows.select(["row_id", "quantity", "sales"]).to_pylist():
+        source = delivered[row["row_id"]]
+        assert row["quantity"] == int(source["Quantity"]), row
+        assert row["sales"] == Decimal(source["Sales"]), row

@@ -183,6 +183,38 @@ def test_s3_down_longer_than_the_retries_fails_clearly_then_the_next_run_loads_i
                          "S3DOWN", PipelineRun.run_id(output), sales))  # fmt: skip
 
 
+def test_s3_down_during_silver_fails_clearly_then_the_next_run_loads_it(db, tmp_path, report):
+    folder, sales = delivery(tmp_path, "S3SILVER")
+    run = PipelineRun(folder)
+    try:
+        wait_for(lambda: in_bronze(db, "ventas_s3silver.csv"), "the file in bronze")
+        kill_s3()
+        code, output = run.wait()
+    finally:
+        services.start_s3()
+    assert code != 0
+    failure = next(line for line in output.splitlines() if line.startswith("ventas_s3silver.csv:"))
+    assert "38433" in failure and "Connection refused" in failure, failure
+    assert retried(output, "02_silver_clean")
+    report.add(Outcome("S3 killed during silver (3 tries)", "failed clearly, nothing loaded",
+                       LINES, 0, 0, 0))  # fmt: skip
+    code, output = PipelineRun(folder).wait()
+    assert code == 0, output[-3000:]
+    report.add(published(db, "S3 back: the next run", "published",
+                         "S3SILVER", PipelineRun.run_id(output), sales))  # fmt: skip
+
+
+def in_bronze(db, file_name: str) -> bool:
+    with db.connect() as conn:
+        return bool(
+            conn.execute(
+                text("select count(*) from audit.run_log where step = 'bronze' "
+                     "and source like :f"),
+                {"f": f"%/{file_name}"},
+            ).scalar_one()
+        )  # fmt: skip
+
+
 def test_s3_down_before_the_run_is_one_clear_line(db, tmp_path):
     folder, _ = delivery(tmp_path, "S3GONE")
     kill_s3()
