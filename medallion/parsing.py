@@ -206,23 +206,36 @@ def open_text(
     return io.TextIOWrapper(open_binary(path, source, max_bytes), encoding=encoding, newline="")
 
 
-def _read_line(stream: IO[str], cap: int) -> tuple[str, int]:
-    """The next physical line (newline kept; '' at the end), or, for a line of more than
-    ``cap`` bytes (UTF-8), its first characters and its size in bytes: the rest is read in
-    pieces and dropped, so no line is ever held whole."""
-    line = stream.readline(cap + 2)
-    if len(line) <= cap >> 2:  # cannot be more than cap bytes: the common case, at once
-        return line, 0
-    body = line.rstrip("\r\n")
-    if len(body) <= cap and len(body.encode("utf-8", "surrogatepass")) <= cap:
-        return line, 0
-    size = len(body.encode("utf-8", "surrogatepass"))
-    while not line.endswith(("\n", "\r")):
-        line = stream.readline(_BLOCK)
-        if not line:
-            break
-        size += len(line.rstrip("\r\n").encode("utf-8", "surrogatepass"))
-    return body[:_HEAD], size
+class _PhysicalLines:
+    """The physical lines of a text stream opened with ``newline=''`` (newlines kept; '' at
+    the end). A line of more than ``cap`` bytes (UTF-8) comes as its first characters and its
+    size in bytes: the rest is read in pieces and dropped, so no line is ever held whole."""
+
+    def __init__(self, stream: IO[str], cap: int):
+        self._stream, self.cap = stream, cap
+        self._cut_after_cr = False  # a read limit fell between the '\r' and '\n' of a CRLF
+
+    def _piece(self, limit: int) -> str:
+        piece = self._stream.readline(limit)
+        if self._cut_after_cr and piece == "\n":  # the rest of the CRLF: not a line
+            piece = self._stream.readline(limit)
+        self._cut_after_cr = len(piece) == limit and piece.endswith("\r")
+        return piece
+
+    def read(self) -> tuple[str, int]:
+        line = self._piece(self.cap + 2)
+        if len(line) <= self.cap >> 2:  # cannot be more than cap bytes: the common case
+            return line, 0
+        body = line.rstrip("\r\n")
+        if len(body) <= self.cap and len(body.encode("utf-8", "surrogatepass")) <= self.cap:
+            return line, 0
+        size = len(body.encode("utf-8", "surrogatepass"))
+        while not line.endswith(("\n", "\r")):
+            line = self._piece(_BLOCK)
+            if not line:
+                break
+            size += len(line.rstrip("\r\n").encode("utf-8", "surrogatepass"))
+        return body[:_HEAD], size
 
 
 # --------------------------------------------------------------------------- headers
@@ -282,7 +295,7 @@ class _LineTap:
     ``long`` (its first characters and size); a record that runs on past the cap stops."""
 
     def __init__(self, stream: IO[str], cap: int):
-        self._stream, self.cap = stream, cap
+        self._lines, self.cap = _PhysicalLines(stream, cap), cap
         self.taken: list[str] = []
         self.long: dict[int, tuple[str, int]] = {}  # index in `taken` -> (head, bytes)
         self._size = 0
@@ -291,7 +304,7 @@ class _LineTap:
         return self
 
     def __next__(self) -> str:
-        line, size = _read_line(self._stream, self.cap)
+        line, size = self._lines.read()
         if not line:
             raise StopIteration
         if size:
@@ -1010,9 +1023,9 @@ def _json_lines(
 ) -> Iterator[tuple[int, str, Any]]:
     cap, depth = limits.max_line_kb << 10, limits.max_json_depth
     with open_text(path, fmt.encoding, source, limits.max_file_mb << 20) as stream:
-        line_no = 0
+        lines, line_no = _PhysicalLines(stream, cap), 0
         while True:
-            text, size = _read_line(stream, cap)
+            text, size = lines.read()
             if not text:
                 return
             line_no += 1

@@ -658,6 +658,14 @@ _PG_SETTINGS = " ".join(
 )
 
 
+def _verifier(conn, password: str | None, role: str) -> str | None:
+    """The SCRAM verifier of a password, computed here: the statement that sets it (which the
+    server may log, and shows in pg_stat_activity) never carries the password itself."""
+    from psycopg2.extensions import encrypt_password
+
+    return encrypt_password(password, role, conn, "scram-sha-256") if password else password
+
+
 def admin_connection(dbname: str = "postgres"):
     """A superuser connection to the embedded server (autocommit): set-up only."""
     import psycopg2
@@ -685,7 +693,7 @@ def ensure_database(name: str, owner: str | None = None, owner_password: str | N
             verb = "alter" if cur.fetchone() else "create"
             cur.execute(
                 sql.SQL(verb + " role {} login password %s").format(sql.Identifier(owner)),
-                (owner_password,),
+                (_verifier(conn, owner_password, owner),),
             )
         cur.execute("select 1 from pg_database where datname = %s", (name,))
         if cur.fetchone() is None:
@@ -757,7 +765,7 @@ def apply_roles(
             if pipeline_password is not None:
                 cur.execute(
                     sql.SQL("alter role {} password %s").format(sql.Identifier(pipeline_role)),
-                    (pipeline_password,),
+                    (_verifier(conn, pipeline_password, pipeline_role),),
                 )
             problems = role_problems(cur, pipeline_role, analyst_role)
             if problems:

@@ -330,15 +330,16 @@ def _clean_chunks(
             continue
         chunk = chunk.assign(source_object=report.source_object, run_id=run_id)
         report.lines_in += len(chunk)
-        if value_format is None:
-            value_format = detect_value_format(chunk, contract, report.format)
         structural = chunk["parse_error"].notna() if "parse_error" in chunk else False
+        records = chunk[~structural] if "parse_error" in chunk else chunk
+        if value_format is None and len(records):  # a chunk of bad lines tells nothing
+            value_format = detect_value_format(records, contract, report.format)
         repeated = duplicates.mark(chunk["raw_record"]) & ~structural
         if repeated.any():
             report.duplicates += int(repeated.sum())
             chunk = chunk[~repeated]
 
-        verdict = apply_rules(chunk, contract, value_format)
+        verdict = apply_rules(chunk, contract, value_format or ValueFormat())  # no records yet
         chunk = verdict.chunk
         chunk["line_key"], conflicts = keys.assign(chunk)
         chunk["dq_warnings"] = verdict.warnings.mask(verdict.warnings == "")

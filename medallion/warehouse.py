@@ -105,10 +105,11 @@ MIGRATIONS = "000_schema_migrations.sql"  # applied first, always: the record of
 
 
 def apply_sql(eng: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
-    """Apply the ``sql/NNN_*.sql`` files that are new or changed, in order, and record each
-    one's checksum in ``audit.schema_migrations``; an unchanged file is not applied again, so a
-    bootstrap does not touch tables that other runs are using. Every file is idempotent (an old
-    database without the record gets them all once). A file whose first lines say
+    """Apply the ``sql/NNN_*.sql`` files from the first new or changed one on, in order (a
+    later file may depend on it: a view's ``select *``), and record each one's checksum in
+    ``audit.schema_migrations``; when nothing changed nothing is applied, so a bootstrap does
+    not touch tables that other runs are using. Every file is idempotent (an old database
+    without the record gets them all once). A file whose first lines say
     ``-- requires: server_version_num >= N`` is skipped on older servers."""
     applied = []
     with transaction(eng) as conn, conn.connection.driver_connection.cursor() as cur:
@@ -123,8 +124,8 @@ def apply_sql(eng: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
             sql_text = path.read_text()
             checksum = hashlib.sha256(sql_text.encode()).hexdigest()
             needed = _REQUIRES.search(sql_text)
-            if path.name == MIGRATIONS or recorded.get(path.name) == checksum:
-                continue
+            if path.name == MIGRATIONS or (recorded.get(path.name) == checksum and not applied):
+                continue  # unchanged, and nothing before it changed
             if needed and version < int(needed.group(1)):
                 continue  # e.g. MERGE procedures on PostgreSQL < 15: the upsert ones are used
             cur.execute(sql_text)  # no parameters: '%' in the files stays literal
@@ -264,7 +265,13 @@ def _few_distinct(column: pa.ChunkedArray, sample: int = 4096) -> bool:
 
 
 def clear_transit(conn: SAConnection, table: str, run_id: str) -> int:
-    """Remove a run's rows from a transit table, so a retried load never doubles them."""
+    """Remove a run's rows from a transit table, so a retried load never doubles them. Rows
+    loaded again (a cleared run, new files under the same run id) are not published yet: the
+    run's publish record goes too, and the merge runs again."""
+    conn.execute(
+        text("delete from audit.run_log where run_id = :run_id and step = 'publish'"),
+        {"run_id": run_id},
+    )
     result = conn.execute(
         text(f"delete from public.{TRANSIT_TABLES[table]} where run_id = :run_id"),  # noqa: S608 - fixed names
         {"run_id": run_id},

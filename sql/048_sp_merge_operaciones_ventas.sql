@@ -38,6 +38,7 @@ declare
     v_started  timestamptz;
     v_bulk     boolean;
     v_missing  text;
+    v_lock_timeout text;
 begin
     if p_run_id is null or p_run_id = '' then
         raise exception 'sp_merge_operaciones_ventas: a run id is required';
@@ -46,7 +47,12 @@ begin
         raise exception 'sp_merge_operaciones_ventas: strategy must be merge, upsert or auto '
                         'and scd type 1 or 2 (got %, %)', p_strategy, p_scd_type;
     end if;
+    -- waiting for another run's merge is expected (a large one takes minutes): longer than
+    -- the session's lock_timeout, which then applies again to everything else
+    v_lock_timeout := current_setting('lock_timeout');
+    perform set_config('lock_timeout', '30min', true);
     perform pg_advisory_xact_lock(hashtext('staging.sp_merge_operaciones_ventas'));
+    perform set_config('lock_timeout', v_lock_timeout, true);
     perform set_config('work_mem', '256MB', true);  -- hash joins of a large delivery in memory
     if staging.run_published(p_run_id) then
         raise notice 'run % is already published: nothing to merge', p_run_id;

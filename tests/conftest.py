@@ -1,5 +1,8 @@
-"""Real services for the tests: the embedded S3 server and PostgreSQL (or the ones named by
-AIRFLOW_CONN_MINIO_DEFAULT / AIRFLOW_CONN_POSTGRES_DEFAULT), started once per session.
+"""Real services for the tests, never the developer's: embedded S3 and PostgreSQL of the test
+sessions' own (root ``.local/test``, ports 38533 and 54349: buckets, database and Airflow homes
+apart from what `make run` uses), or the ones named by AIRFLOW_CONN_MINIO_DEFAULT /
+AIRFLOW_CONN_POSTGRES_DEFAULT. Started once, before the first test that needs them; a session
+of pure tests starts none.
 
 Tests get a fresh database (``medallion_test``) so that exact counts hold; the connection
 variables are set before any notebook kernel starts, so nbval's kernels use them too.
@@ -11,11 +14,13 @@ import json
 import os
 from pathlib import Path
 
-# Executed notebooks of test runs go to .local/, not to the user's outputs/ (set before the
-# medallion modules read it).
+# Set before the medallion modules read them; `make reliability` sets its own.
+os.environ.setdefault("MEDALLION_LOCAL_DIR", str(Path(__file__).parents[1] / ".local" / "test"))
 os.environ.setdefault(
-    "MEDALLION_OUTPUTS_DIR", str(Path(__file__).resolve().parents[1] / ".local" / "test-outputs")
+    "MEDALLION_OUTPUTS_DIR", os.path.join(os.environ["MEDALLION_LOCAL_DIR"], "outputs")
 )
+os.environ.setdefault("MEDALLION_S3_PORT", "38533")
+os.environ.setdefault("MEDALLION_PG_PORT", "54349")
 
 import pytest
 

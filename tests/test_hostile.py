@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
+from decimal import Decimal
 
 import pytest
 
@@ -253,3 +254,44 @@ def test_memory_does_not_follow_a_huge_line(tmp_path, name):
     result = json.loads(run.stdout)
     assert result["rules"] == {"line_too_long": 1}
     assert result["grew_mb"] < 200, result  # blocks of 16 MB, not the 256 MB line
+
+
+HEADER = (
+    "row_id,order_id,order_date,ship_date,customer_id,product_id,sales,quantity,discount,profit"
+)
+
+
+def _row(i: int, sep: str = ",", sales: str = "10.00", discount: str = "0.1") -> str:
+    values = [str(i), f"O-{i}", f"2024-01-0{1 + i % 9}", f"2024-01-1{i % 9}", f"C{i}", f"P{i}",
+              sales, "2", discount, ""]  # fmt: skip
+    return sep.join(values)
+
+
+@pytest.mark.pure
+def test_a_huge_first_line_does_not_decide_the_number_format(tmp_path):
+    """A regression: the first chunk was the long line alone, with no values to detect from,
+    and a decimal-comma file was read with '.' (amounts x1000)."""
+    long_first = _row(1, ";", "1,250", "").replace("P1;", "P" + "x" * (17 << 20) + ";")
+    body = [_row(i, ";", "1,250", "0,15" if i % 10 == 0 else "") for i in range(2, 200)]
+    path = tmp_path / "coma_decimal.csv"
+    path.write_text("\n".join([HEADER.replace(",", ";"), long_first, *body]) + "\n")
+    report, rows, rejects = silver.clean_local(path, CONTRACT)
+    assert (report.rows_out, report.quarantined) == (198, 1)
+    assert set(rows.column("sales").to_pylist()) == {Decimal("1.2500")}
+    assert rejects.column("reject_reason").to_pylist()[0].startswith("line longer than")
+
+
+@pytest.mark.pure
+def test_a_crlf_split_by_the_line_cap_is_not_a_line(tmp_path):
+    """A regression: a read limit between '\\r' and '\\n' made a phantom blank line and moved
+    every later line number by one."""
+    contract = replace(CONTRACT, limits=replace(CONTRACT.limits, max_line_kb=1))
+    keys = HEADER.split(",")
+    records = [json.dumps(dict(zip(keys, _row(i).split(","), strict=True))) for i in range(1, 8)]
+    records[1] = records[1].replace('"P2"', '"P2' + "x" * (1025 - len(records[1])) + '"')
+    assert len(records[1]) == 1025
+    path = tmp_path / "crlf.jsonl"
+    path.write_bytes(("\r\n".join(records) + "\r\n").encode())
+    report, rows, _ = silver.clean_local(path, contract)
+    assert (report.lines_in, report.blank_lines, report.quarantined) == (7, 0, 1)
+    assert rows.column("source_line").to_pylist() == [1, 3, 4, 5, 6, 7]

@@ -586,6 +586,21 @@ def test_published_run_is_left_alone_and_its_transit_rows_are_cleared_after(db):
     assert in_staging(db, p) == 2
 
 
+def test_rows_loaded_again_under_a_published_run_id_are_merged(db):
+    """A cleared run (same run id) with a new file: its new rows must not be taken for the
+    published ones."""
+    p = new_prefix()
+    run = Delivery(p, f"{p}-r1").line(1).line(2).load(db)
+    merge(db, run.run_id)
+    again = Delivery(p, run.run_id).line(1).line(2).line(3).load(db)
+    assert merge(db, again.run_id)["fact_operaciones_ventas"] == {
+        "inserted": 1,
+        "updated": 0,
+        "unchanged": 2,
+    }
+    assert in_staging(db, p) == 3
+
+
 def test_merge_of_incomplete_transit_rows_fails_at_once_saying_so(db):
     p = new_prefix()
     run = Delivery(p, f"{p}-r1").line(1).line(2).line(3).load(db)
@@ -646,9 +661,10 @@ def test_sql_is_applied_once_per_version(db, tmp_path):
         (tmp_path / path.name).write_text(path.read_text())
     changed = tmp_path / "050_vw_operaciones_ventas.sql"
     changed.write_text(changed.read_text() + "\n-- a new version of the file\n")
-    assert warehouse.apply_sql(db, tmp_path) == ["050_vw_operaciones_ventas.sql"]
+    after = sorted(p.name for p in tmp_path.glob("*.sql") if p.name >= changed.name)
+    assert warehouse.apply_sql(db, tmp_path) == after  # the changed file and what follows it
     assert warehouse.apply_sql(db, tmp_path) == []
-    assert warehouse.apply_sql(db) == ["050_vw_operaciones_ventas.sql"]  # back to the committed
+    assert warehouse.apply_sql(db) == after  # back to the committed version
     assert scalar(db, "select count(*) from staging.dim_cliente where cliente_key = -1") == 1
 
 
