@@ -379,8 +379,10 @@ def read_csv(
     except Exception:
         stream.close()
         raise
-    first_data_line = len(tap.take()[0]) + 1  # blank lines above the header count too
-    if _byte_lines(fmt.encoding) and header_lines[0].endswith("\n"):
+    above_data = tap.take()[0]  # blank lines above the header count too
+    first_data_line = len(above_data) + 1
+    # the fast path skips those lines in bytes, where only '\n' ends one (a bare '\r' too, here)
+    if _byte_lines(fmt.encoding) and all(line.endswith("\n") for line in above_data):
         stream.close()
         return _csv_blocks(path, fmt, contract, source, batch_size, first_data_line)
     return _csv_records(stream, tap, fmt, contract, source, batch_size, first_data_line)

@@ -48,7 +48,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 def start_services() -> None:
     """The services of the session, a fresh database, the buckets and sql/; the connection
     variables are set before any notebook kernel starts, so nbval's kernels use them too."""
-    services.use_services()
+    global _EMBEDDED
+    _EMBEDDED = services.use_services().startswith("embedded")
     test_db = warehouse.fresh_database("postgres_default", TEST_DATABASE)
     os.environ[env_var_name("postgres_default")] = test_db.as_json()
     params = load_params("local")
@@ -60,6 +61,15 @@ def start_services() -> None:
     if services.is_embedded(test_db):  # the analysts' grants on what sql/ made (sql/roles/)
         services.prepare_database(TEST_DATABASE)
     os.environ["MEDALLION_TEST_SERVICES_READY"] = "1"
+
+
+_EMBEDDED = False  # the session started (or reused) embedded services of its own
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A test session leaves nothing running: its embedded services stop with it."""
+    if _EMBEDDED:
+        services.stop()
 
 
 @pytest.fixture(scope="session")

@@ -295,3 +295,15 @@ def test_a_crlf_split_by_the_line_cap_is_not_a_line(tmp_path):
     report, rows, _ = silver.clean_local(path, contract)
     assert (report.lines_in, report.blank_lines, report.quarantined) == (7, 0, 1)
     assert rows.column("source_line").to_pylist() == [1, 3, 4, 5, 6, 7]
+
+
+@pytest.mark.pure
+def test_bare_carriage_returns_above_the_header_lose_no_line(tmp_path):
+    """A regression: the fast reader skipped the lines above the data counting only '\\n'."""
+    path = tmp_path / "cr_above.csv"
+    path.write_bytes(
+        b"\r\r\n" + ("\n".join([HEADER, *(_row(i) for i in range(1, 6))]) + "\n").encode()
+    )
+    report, rows, _ = silver.clean_local(path, CONTRACT)
+    assert (report.lines_in, report.rows_out) == (5, 5)
+    assert rows.column("row_id").to_pylist() == ["1", "2", "3", "4", "5"]

@@ -58,14 +58,6 @@ def report() -> Report:
     return _REPORT
 
 
-@pytest.fixture(scope="session", autouse=True)
-def own_services():
-    """Stop the suite's own services at the end (only when `make reliability` gave it some)."""
-    yield
-    if os.environ.get("MEDALLION_RELIABILITY_OWN_SERVICES") == "1":
-        services.stop()
-
-
 def pytest_terminal_summary(terminalreporter) -> None:
     if not _REPORT.rows:
         return
