@@ -260,18 +260,9 @@ def test_kernel_killed_while_silver_writes_is_retried_to_exact_counts(db, tmp_pa
     run = PipelineRun(folder)
 
     def cleaning() -> bool:
-        """Notebook 02 is running its cleaning cell (papermill records each cell's status)."""
-        for path in OUTPUTS.glob("*/02_silver_clean__ventas_kill.csv.ipynb"):
-            try:
-                cells = json.loads(path.read_text())["cells"]
-            except (ValueError, OSError):  # being written
-                return False
-            return any(
-                c.get("metadata", {}).get("papermill", {}).get("status") == "running"
-                and "silver.clean_file" in "".join(c["source"])
-                for c in cells
-            )
-        return False
+        """Notebook 02 of this run is running its cleaning cell (papermill records each cell's
+        status; copies of earlier sessions' runs are in the same outputs folder)."""
+        return any(map(_cleaning, OUTPUTS.glob("*/02_silver_clean__ventas_kill.csv.ipynb")))
 
     wait_for(cleaning, "notebook 02's cleaning cell")
     kernels = [
@@ -300,6 +291,18 @@ def test_kernel_killed_while_silver_writes_is_retried_to_exact_counts(db, tmp_pa
     ]  # fmt: skip
     report.add(Outcome("kernel killed during silver", "published after a retry",
                        int(lines_in), staged, int(quarantined), 0))  # fmt: skip
+
+
+def _cleaning(notebook: Path) -> bool:
+    try:
+        cells = json.loads(notebook.read_text())["cells"]
+    except (ValueError, OSError):  # being written
+        return False
+    return any(
+        c.get("metadata", {}).get("papermill", {}).get("status") == "running"
+        and "silver.clean_file" in "".join(c["source"])
+        for c in cells
+    )
 
 
 def test_two_runs_at_once_on_the_same_files_load_each_line_once(db, tmp_path, report):
