@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from medallion import services
-from medallion.services import pid_alive
+from medallion.services import pid_alive, port_free
 from medallion.settings import LOCAL_DIR, PARAMS_DIR, PROJECT_ROOT, env_var_name
 
 SHARED_SETTINGS = PARAMS_DIR / "airflow.env"
@@ -145,18 +145,6 @@ def _airflow() -> str:
     return str(Path(sys.executable).parent / "airflow")
 
 
-def _port_free(port: int) -> bool:
-    """Nothing listens on 127.0.0.1:port (a port in TIME_WAIT after a stop is free: the
-    servers bind with SO_REUSEADDR)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _spawn(dep: Deployment, name: str, args: list[str], env: dict[str, str]) -> int:
     """Start a background process in a session of its own, its output to logs/<name>.log."""
     with dep.log(name).open("ab") as log:
@@ -180,7 +168,7 @@ def start(dep: Deployment, executor: str = "LocalExecutor", workers: int = 2) ->
     ports = [int(dep.api_port), dep.health_port]
     if executor == "CeleryExecutor":
         ports.append(int(dep.redis_port))
-    taken = [p for p in ports if not _port_free(p)]
+    taken = [p for p in ports if not port_free(p)]
     if taken:
         raise RuntimeError(
             f"Ports {taken} on 127.0.0.1 are taken: set AIRFLOW_API_PORT (and "

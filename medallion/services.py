@@ -113,7 +113,7 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     """Nothing holds 127.0.0.1:port (a port in TIME_WAIT after a stop is free: the servers bind
     with SO_REUSEADDR)."""
     with socket.socket() as sock:
@@ -134,7 +134,7 @@ def _check_ports(ports: dict[str, int], env_var: str, rule: str = "") -> None:
             raise ServiceError(
                 f"{what} would need port {port}, beyond 65535: set {env_var} lower{why}."
             )
-        if not _port_free(port):
+        if not port_free(port):
             raise ServiceError(
                 f"Port {port} on 127.0.0.1 ({what}) is taken by another program: set {env_var} "
                 f"to another port{why}."

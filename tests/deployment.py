@@ -32,7 +32,7 @@ def free_port() -> int:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port < 65000 and deploy._port_free(port + 1):
+        if port < 65000 and services.port_free(port + 1):
             return port
 
 

@@ -451,7 +451,7 @@ def free_s3_base() -> int:
     """An S3 port whose derived ports and gRPC twins are all free."""
     for base in range(42100, 45000, 17):
         ports = [base + offset for offset in services._WEED_SERVERS.values()]
-        if all(services._port_free(p) for p in ports + [p + services.GRPC_OFFSET for p in ports]):
+        if all(services.port_free(p) for p in ports + [p + services.GRPC_OFFSET for p in ports]):
             return base
     raise RuntimeError("no free range of ports for a second SeaweedFS")
 
