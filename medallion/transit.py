@@ -4,7 +4,7 @@ loaded again when PostgreSQL lost them.
 Transit tables are UNLOGGED (a copy of gold needs no WAL), and PostgreSQL's crash recovery
 empties UNLOGGED tables. What notebook 04 loaded is recorded in ``audit.run_log`` (step
 ``load``, one row per table); the merge refuses a run whose transit rows fall short of that,
-and the merge task reloads the missing tables from gold first (``reload_missing``).
+and the merge task reloads the run from gold first (``reload_missing``).
 """
 
 from __future__ import annotations
@@ -43,21 +43,13 @@ def counts(db: Engine, run_id: str, tables: Iterable[str] = warehouse.TRANSIT_TA
 
 
 def load_gold(
-    db: Engine,
-    s3: Minio,
-    gold_bucket: str,
-    run_id: str,
-    batch_size: int = 100_000,
-    tables: Iterable[str] | None = None,
+    db: Engine, s3: Minio, gold_bucket: str, run_id: str, batch_size: int = 100_000
 ) -> dict[str, int]:
-    """Load the run's gold objects (all, or ``tables``) into the transit tables, check that each
-    holds what gold's manifest says, and record the load per table in ``audit.run_log``."""
+    """Load the run's gold objects into the transit tables, check that each holds what gold's
+    manifest says, and record the load per table in ``audit.run_log``."""
     manifest = gold_manifest(s3, gold_bucket, run_id)
-    wanted = set(tables) if tables is not None else set(manifest["objects"])
     loaded = {}
     for table, key in manifest["objects"].items():
-        if table not in wanted:
-            continue
         started = datetime.now(UTC)
         batches = storage.iter_parquet_batches(s3, gold_bucket, key, batch_size)
         loaded[table] = warehouse.load_run(db, table, run_id, batches)
@@ -78,48 +70,22 @@ def load_gold(
     return loaded
 
 
-def shortfall(db: Engine, run_id: str) -> dict[str, tuple[int | None, int]]:
-    """Transit tables holding fewer (or more) rows of the run than the load recorded, as
-    ``table: (recorded, found)``; recorded is None when no load is recorded. Empty when the
-    run is complete, or already published (its transit rows are gone on purpose)."""
-    with db.connect() as conn:
-        if conn.execute(text("select staging.run_published(:r)"), {"r": run_id}).scalar_one():
-            return {}
-        recorded = dict(
-            conn.execute(
-                text(
-                    "select source, rows_out from audit.run_log where run_id = :r "
-                    "and step = 'load' and status = 'success'"
-                ),
-                {"r": run_id},
-            ).all()
-        )
-    found = counts(db, run_id)
-    out = {}
-    for table, rows in found.items():
-        expected = recorded.get(f"public.{warehouse.TRANSIT_TABLES[table]}")
-        if expected != rows:
-            out[table] = (expected, rows)
-    return out
-
-
 def reload_missing(parameters: Mapping[str, Any]) -> dict[str, int]:
-    """Before a merge: reload from gold the transit tables of the run that lost rows (a
-    PostgreSQL restart since the load). Returns the tables reloaded and their rows."""
+    """Before a merge: reload the run's transit rows from gold when they fall short of what the
+    load recorded (``staging.transit_shortfall``: a PostgreSQL restart since the load), unless
+    the run is already published. Returns the tables reloaded and their rows."""
     db = warehouse.engine(parameters["postgres_conn_id"])
     run_id = parameters["run_id"]
-    missing = shortfall(db, run_id)
-    if not missing:
+    with db.connect() as conn:
+        published, missing = conn.execute(
+            text("select staging.run_published(:r), staging.transit_shortfall(:r)"),
+            {"r": run_id},
+        ).one()
+    if published or missing is None:
         return {}
-    for table, (expected, found) in missing.items():
-        log.warning(
-            "public.%s holds %s rows of run %s, the load recorded %s: reloading it from gold",
-            warehouse.TRANSIT_TABLES[table],
-            found,
-            run_id,
-            expected,
-        )
+    log.warning("Transit rows of run %s are incomplete (%s): reloading them from gold",
+                run_id, missing)  # fmt: skip
     s3 = storage.s3_client(parameters["minio_conn_id"])
     return load_gold(
-        db, s3, parameters["gold_bucket"], run_id, parameters.get("batch_size", 100_000), missing
+        db, s3, parameters["gold_bucket"], run_id, parameters.get("batch_size", 100_000)
     )

@@ -153,64 +153,51 @@ def test_postgres_crash_during_the_publish_gate_publishes_nothing_then_recovers(
                          "PGGATE", run_id, sales))  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("prefix", "after", "task"),
+    [("S3DOWN", "discover", "01_bronze_ingest"), ("S3SILVER", "bronze", "02_silver_clean")],
+    ids=["bronze", "silver"],
+)
 def test_s3_down_longer_than_the_retries_fails_clearly_then_the_next_run_loads_it(
-    db, tmp_path, report
+    db, tmp_path, report, prefix, after, task
 ):
-    folder, sales = delivery(tmp_path, "S3DOWN")
+    folder, sales = delivery(tmp_path, prefix)
+    file_name = f"ventas_{prefix.lower()}.csv"
     run = PipelineRun(folder)
     try:
-        wait_for(lambda: discovered(db, "ventas_s3down.csv"), "the run's discovery")
+        wait_for(lambda: logged(db, after, file_name), f"the file's {after} step")
         kill_s3()  # killed, not stopped: it answers nothing from now on
         code, output = run.wait()
     finally:
         services.start_s3()
     assert code != 0
     # the failure names the file, the step and the object store it could not reach
-    failure = next(line for line in output.splitlines() if line.startswith("ventas_s3down.csv:"))
+    failure = next(line for line in output.splitlines() if line.startswith(f"{file_name}:"))
     assert "38433" in failure and "Connection refused" in failure, failure
-    assert retried(output, "01_bronze_ingest")  # a service fault is retried (data errors not)
+    assert retried(output, task)  # a service fault is retried (data errors not)
     with db.connect() as conn:
         status = conn.execute(
-            text("select status from audit.deliveries where file_name = 'ventas_s3down.csv'")
+            text("select status from audit.deliveries where file_name = :f"), {"f": file_name}
         ).scalar_one()
     assert status == "failed"
-    report.add(Outcome("S3 killed during bronze (3 tries)", "failed clearly, nothing loaded",
+    step = task.split("_")[1]
+    report.add(Outcome(f"S3 killed during {step} (3 tries)", "failed clearly, nothing loaded",
                        LINES, 0, 0, 0))  # fmt: skip
     code, output = PipelineRun(folder).wait()
     assert code == 0, output[-3000:]
     assert "reintento" in output  # the ledger retries the failed file
     report.add(published(db, "S3 back: the next run", "published",
-                         "S3DOWN", PipelineRun.run_id(output), sales))  # fmt: skip
+                         prefix, PipelineRun.run_id(output), sales))  # fmt: skip
 
 
-def test_s3_down_during_silver_fails_clearly_then_the_next_run_loads_it(db, tmp_path, report):
-    folder, sales = delivery(tmp_path, "S3SILVER")
-    run = PipelineRun(folder)
-    try:
-        wait_for(lambda: in_bronze(db, "ventas_s3silver.csv"), "the file in bronze")
-        kill_s3()
-        code, output = run.wait()
-    finally:
-        services.start_s3()
-    assert code != 0
-    failure = next(line for line in output.splitlines() if line.startswith("ventas_s3silver.csv:"))
-    assert "38433" in failure and "Connection refused" in failure, failure
-    assert retried(output, "02_silver_clean")
-    report.add(Outcome("S3 killed during silver (3 tries)", "failed clearly, nothing loaded",
-                       LINES, 0, 0, 0))  # fmt: skip
-    code, output = PipelineRun(folder).wait()
-    assert code == 0, output[-3000:]
-    report.add(published(db, "S3 back: the next run", "published",
-                         "S3SILVER", PipelineRun.run_id(output), sales))  # fmt: skip
-
-
-def in_bronze(db, file_name: str) -> bool:
+def logged(db, step: str, file_name: str) -> bool:
+    """The run log has the file's row for a step (its source is the file, or its object)."""
     with db.connect() as conn:
         return bool(
             conn.execute(
-                text("select count(*) from audit.run_log where step = 'bronze' "
-                     "and source like :f"),
-                {"f": f"%/{file_name}"},
+                text("select count(*) from audit.run_log where step = :s "
+                     "and (source = :f or source like '%/' || :f)"),
+                {"s": step, "f": file_name},
             ).scalar_one()
         )  # fmt: skip
 
@@ -225,17 +212,6 @@ def test_s3_down_before_the_run_is_one_clear_line(db, tmp_path):
     assert code == 2
     assert "error: El almacén S3 de la conexión minio_default no responde" in output
     assert "Traceback" not in output
-
-
-def discovered(db, file_name: str) -> bool:
-    with db.connect() as conn:
-        return bool(
-            conn.execute(
-                text("select count(*) from audit.run_log where step = 'discover' "
-                     "and source = :f"),
-                {"f": file_name},
-            ).scalar_one()
-        )  # fmt: skip
 
 
 def kill_s3() -> None:
