@@ -13,7 +13,7 @@ WORKERS ?= 2
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run services stop status bootstrap airflow airflow-stop airflow-status celery-check redis-server lab test test-fast reliability lint format sample sample-committed notebooks bench clean
+.PHONY: help venv run services stop status bootstrap airflow airflow-stop airflow-status celery-check redis-server chromium lab psql report test test-fast reliability lint format sample sample-committed notebooks bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -48,6 +48,11 @@ redis-server: # Debian's redis-server, the Celery broker of the checks (installe
 		$(SUDO) apt-get install -y -qq redis-server >/dev/null 2>&1 || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }; }
 
+chromium: # Debian's chromium, the headless browser of the report's check (installed once)
+	@test -x /usr/bin/chromium || { echo "installing chromium (Debian) for the browser check"; \
+		$(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }; }
+
 services: $(STAMP) ## Start the embedded S3 (SeaweedFS) and PostgreSQL on 127.0.0.1
 	$(PY) -m medallion.cli services start
 
@@ -60,11 +65,17 @@ status: $(STAMP) ## Show whether the embedded services are running
 bootstrap: $(STAMP) ## Create the buckets and apply sql/ (idempotent)
 	$(PY) -m medallion.cli bootstrap --params-env $(PARAMS_ENV)
 
-lab: $(STAMP) ## Open JupyterLab on notebooks/ against the same services
+lab: $(STAMP) ## Open JupyterLab at the project root (notebooks/, outputs/) against the same services
 	eval "$$($(PY) -m medallion.cli env)" && $(BIN)/jupyter lab --ip 127.0.0.1 --no-browser \
-		--notebook-dir notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+		--notebook-dir "$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root)
 
-test: $(STAMP) redis-server ## Run all tests (notebooks with nbval, DAG, end to end, make airflow, Celery) against real services
+psql: $(STAMP) ## Open psql on the warehouse (PARAMS_ENV's postgres connection); SQL="select ..." runs one statement
+	$(PY) -m medallion.cli psql --params-env $(PARAMS_ENV) $(if $(SQL),-- -c "$$SQL")
+
+report: $(STAMP) ## Render every executed notebook to HTML and rebuild outputs/index.html
+	$(PY) -m medallion.report
+
+test: $(STAMP) redis-server chromium ## Run all tests (notebooks with nbval, DAG, end to end, make airflow, Celery) against real services
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env --ignore=tests/reliability
 
 test-fast: $(STAMP) ## Tests without the end-to-end DAG runs

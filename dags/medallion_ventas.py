@@ -15,8 +15,10 @@ Sales files (CSV/JSON) -> bronze -> silver -> gold -> PostgreSQL star schema.
    into `public.bulk_*`), then `merge_staging`: the merge and the publish gate in one
    transaction (nothing the gate rejects is ever visible in `staging`); transit rows that a
    PostgreSQL restart emptied are reloaded from gold first, so its retry recovers by itself.
-5. `record_deliveries` (always) marks each file loaded or failed in the ledger and fails the
-   run, naming the files and why, if any file failed.
+   Then notebook 05 (`05_resultado`): the run's files, merge counts, gate checks and charts.
+5. `record_run` (always) marks each file loaded or failed in the ledger, writes the run's
+   record (`outputs/<run>/run.json`, every executed notebook as HTML, `outputs/index.html`)
+   and fails the run, naming the files and tasks and why, if any failed.
 
 **Params** (also `dag_run.conf`): `input_path` (file or folder; default from the parameter
 set), `params_env` (`local` or `docker`; default Variable `medallion_params_env`, else
@@ -37,6 +39,7 @@ from airflow.sdk import DAG, Asset, Param, task, task_group
 from airflow.task.trigger_rule import TriggerRule
 
 from medallion.operators import NotebookOperator, PublishOperator
+from medallion.report import record_failure
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 RUN = "ti.xcom_pull(task_ids='prepare_run')"
@@ -71,6 +74,7 @@ with DAG(
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=10),
         "execution_timeout": timedelta(hours=1),
+        "on_failure_callback": record_failure,  # the failed task and why, in the run's record
     },
     params={
         "input_path": Param(None, type=["null", "string"], description="File or folder"),
@@ -132,21 +136,27 @@ with DAG(
         )
         bronze >> silver
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0, execution_timeout=timedelta(minutes=5))
-    def record_deliveries(ti=None, dag_run=None) -> dict:
-        """Loaded or failed, file by file, in the ledger; the run fails if a file failed."""
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0, execution_timeout=timedelta(minutes=15))
+    def record_run(ti=None, dag_run=None) -> dict:
+        """Always, last: each file loaded or failed in the ledger, the run's record in outputs/
+        (run.json, every notebook as HTML, the runs' index); the run fails, saying why, if a
+        file or a task failed."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from medallion.operators import use_connections
-        from medallion.runs import finish_run
+        from medallion.runs import close_run
 
         run = ti.xcom_pull(task_ids="prepare_run")
-        deliveries = ti.xcom_pull(task_ids="discover_deliveries")
-        if run is None or deliveries is None:
-            raise AirflowFailException("The run stopped before its files were known.")
-        use_connections(run["notebook_parameters"])
+        if run is not None:
+            use_connections(run["notebook_parameters"])
         states = ti.get_task_states(dag_id=dag_run.dag_id, run_ids=[dag_run.run_id])
-        result = finish_run(run, deliveries, states.get(dag_run.run_id, {}))
+        result = close_run(
+            dag_run.run_id,
+            dag_run.start_date,
+            run,
+            ti.xcom_pull(task_ids="discover_deliveries"),
+            {t: s for t, s in states.get(dag_run.run_id, {}).items() if t != ti.task_id},
+        )
         if result["failed"]:
             raise AirflowFailException(result["message"])
         return result
@@ -171,14 +181,6 @@ with DAG(
         task_id="merge_staging",
         conn_id="{{ " + RUN + "['notebook_parameters']['postgres_conn_id'] }}",
         run_parameters="{{ " + RUN + "['notebook_parameters'] }}",
-        # merge + publish gate: one transaction; then the transit rows go, and VACUUM gives
-        # their space back at once (so that the next run does not scan millions of dead rows)
-        sql=[
-            "call staging.sp_merge_operaciones_ventas(%(run_id)s, %(scd_type)s, %(strategy)s)",
-            "call staging.sp_clear_transit(%(run_id)s)",
-            "vacuum public.bulk_fact_operaciones_ventas, public.bulk_dim_cliente, "
-            "public.bulk_dim_inventario",
-        ],
         parameters={
             "run_id": "{{ run_id }}",
             "scd_type": "{{ params.scd_type_cliente }}",
@@ -186,5 +188,10 @@ with DAG(
         },
         outlets=[WAREHOUSE],
     )
-    files >> gold >> load >> publish
-    [deliveries, publish] >> record_deliveries()
+    result = notebook(
+        "05_resultado",
+        output_nb="{{ " + RUN + "['output_dir'] }}/05_resultado.ipynb",
+        parameters="{{ " + RUN + "['notebook_parameters'] }}",
+    )
+    files >> gold >> load >> publish >> result
+    [deliveries, result] >> record_run()

@@ -13,7 +13,7 @@ from urllib.parse import quote, unquote
 from minio import Minio
 
 from medallion import storage
-from medallion.parsing import SUPPORTED, logical_suffix
+from medallion.parsing import FOLDER_SUFFIXES, logical_suffix
 from medallion.settings import run_slug
 
 PREFIX = "ventas"
@@ -33,23 +33,54 @@ class Delivery:
     status: str  # uploaded | already in bronze
 
 
-def list_input_files(input_path: Path, allow_empty: bool = False) -> list[Path]:
-    """The CSV/JSON files of a delivery: one file, or every supported file directly in a folder
-    (sorted by name; subfolders are not read, so names are unique within a delivery)."""
+@dataclass(frozen=True)
+class Ignored:
+    """An entry of a delivery folder that is not a sales file: not read, not an error."""
+
+    name: str
+    reason: str
+
+
+# Kept in an empty drop folder by git (incoming/.gitkeep): not worth a line in every run
+PLACEHOLDERS = {".gitkeep"}
+
+
+def scan_input(input_path: Path, allow_empty: bool = False) -> tuple[list[Path], list[Ignored]]:
+    """The CSV/JSON files of a delivery and what it leaves out. One file is taken as it is; a
+    folder gives the files directly in it whose suffix is in ``FOLDER_SUFFIXES`` (also .gz),
+    sorted by name; its other entries (other files, hidden ones, subfolders: names stay unique
+    within a delivery) are listed as ignored, with the reason."""
     if not input_path.exists():
         raise FileNotFoundError(f"Input path {input_path} does not exist")
     if input_path.is_file():
-        return [input_path]
-    files = sorted(
-        p
-        for p in input_path.iterdir()
-        if p.is_file() and logical_suffix(p) in SUPPORTED and not p.name.startswith(".")
-    )
+        return [input_path], []
+    files, ignored = [], []
+    for path in sorted(input_path.iterdir()):
+        if path.name in PLACEHOLDERS:
+            continue
+        suffix = logical_suffix(path)
+        if path.name.startswith("."):
+            ignored.append(Ignored(path.name, "hidden entry"))
+        elif path.is_dir():
+            ignored.append(Ignored(path.name, "subfolder: folders are not read recursively"))
+        elif not path.is_file():
+            ignored.append(Ignored(path.name, "not a regular file"))
+        elif suffix not in FOLDER_SUFFIXES:
+            kind = f"'{suffix}'" if suffix else "no extension"
+            ignored.append(Ignored(path.name, f"not a CSV/JSON sales file ({kind})"))
+        else:
+            files.append(path)
     if not files and not allow_empty:
         raise FileNotFoundError(
-            f"No CSV or JSON files in {input_path} (looked for {sorted(SUPPORTED)}, also .gz)"
+            f"No CSV or JSON files in {input_path} (looked for {sorted(FOLDER_SUFFIXES)}, "
+            f"also .gz; ignored: {', '.join(i.name for i in ignored) or 'nothing'})"
         )
-    return files
+    return files, ignored
+
+
+def list_input_files(input_path: Path, allow_empty: bool = False) -> list[Path]:
+    """The CSV/JSON files of a delivery (``scan_input`` without what it ignores)."""
+    return scan_input(input_path, allow_empty)[0]
 
 
 def safe_object_name(name: str) -> str:

@@ -1,7 +1,8 @@
-"""Command line behind the Makefile: services, bootstrap, run, summary, lab.
+"""Command line behind the Makefile: services, bootstrap, run, summary, lab, psql.
 
 python -m medallion.cli run [--input PATH] [--params-env local]
 python -m medallion.cli services start|stop|status
+python -m medallion.cli psql [--params-env local] [-- psql arguments, e.g. -c "select 1"]
 """
 
 from __future__ import annotations
@@ -9,12 +10,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
+from importlib.util import find_spec
+from pathlib import Path
 
-from medallion import ledger, services, storage, warehouse
+from medallion import ledger, report, services, storage, warehouse
 from medallion.runs import airflow_env, notebook_errors, run_dag, summary
-from medallion.settings import LOCAL_DIR, OUTPUTS_DIR, PROJECT_ROOT, load_params, run_slug
+from medallion.settings import (
+    LOCAL_DIR,
+    OUTPUTS_DIR,
+    PROJECT_ROOT,
+    Connection,
+    get_connection,
+    load_params,
+    run_slug,
+)
 
 use_services = services.use_services
 SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
@@ -52,14 +64,13 @@ def print_summary(result: dict) -> None:
     print("\n== medallion_ventas: resumen de la ejecución ==")
     print(f"run_id:                {result['run_id']}")
     new = [d for d in result["deliveries"] if d["decision"] in ledger.TO_PROCESS]
-    print(f"archivos nuevos:       {len(new)} de {len(result['deliveries'])}")
+    files = [d for d in result["deliveries"] if d["decision"] != ledger.IGNORED]
+    print(f"archivos nuevos:       {len(new)} de {len(files)}")
     for d in result["deliveries"]:
-        outcome = DELIVERY_STATUS.get(d["status"], d["status"]) if d in new else ""
+        outcome = ledger.STATUS_ES.get(d["status"], d["status"]) if d in new else ""
         note = f" ({d['note']})" if d["note"] else ""
-        print(
-            f"  {d['file']:<36} {DECISIONS[d['decision']]}{note}{' -> ' if outcome else ''}"
-            f"{outcome}"
-        )
+        decision = ledger.DECISIONS_ES[d["decision"]]
+        print(f"  {d['file']:<36} {decision}{note}{' -> ' if outcome else ''}{outcome}")
     if not new:
         return
     print(f"líneas leídas:         {result['lines_read']}")
@@ -84,18 +95,6 @@ def print_summary(result: dict) -> None:
     print(f"notebooks ejecutados:  {result['outputs']}")
 
 
-# What the CLI says about each file of a run (the ledger's words in Spanish)
-DECISIONS = {
-    ledger.NEW: "nuevo",
-    ledger.CHANGED: "cambiado",
-    ledger.RETRY: "reintento",
-    ledger.REPROCESS: "reproceso",
-    ledger.ALREADY_LOADED: "ya cargado, se omite",
-    ledger.DUPLICATE: "duplicado, se omite",
-}
-DELIVERY_STATUS = {"loaded": "cargado", "failed": "falló", "processing": "sin terminar"}
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     print(f"servicios: {use_services()}")
@@ -114,11 +113,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     eng = warehouse.engine(params["postgres_conn_id"])
     run_summary = summary(eng, result["run_id"])
     print_summary(run_summary)
+    print_record(result["run_id"])
     if result["state"] != "success":
         print_failure(result["run_id"], run_summary, log_file)
         return 1
     print(f"tiempo total:          {time.monotonic() - started:.1f} s")
     return 0
+
+
+def print_record(run_id: str) -> None:
+    """Where to read the run: its result notebook as HTML, and the history of every run."""
+    result = report.run_dir(run_id) / f"{report.RESULT_NOTEBOOK}.html"
+    if result.exists():
+        print(f"resultado:             {result}")
+    print(f"historial:             {OUTPUTS_DIR / report.INDEX}")
 
 
 def print_failure(run_id: str, run_summary: dict, log_file) -> None:
@@ -165,6 +173,58 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def psql_binary() -> str | None:
+    """The system's psql, else the one bundled with pgserver (the embedded server's own)."""
+    found = shutil.which("psql")
+    if found:
+        return found
+    spec = find_spec("pgserver")
+    if spec is not None and spec.submodule_search_locations:
+        bundled = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / "psql"
+        if os.access(bundled, os.X_OK):
+            return str(bundled)
+    return None
+
+
+def psql_env(conn: Connection) -> dict[str, str]:
+    """libpq's variables for a resolved postgres connection: the password travels in
+    PGPASSWORD, never on a command line (where `ps` shows it to every user)."""
+    values = {
+        "PGHOST": conn.host,
+        "PGPORT": str(conn.port) if conn.port else None,
+        "PGUSER": conn.login,
+        "PGDATABASE": conn.schema or "postgres",  # as warehouse.engine_for
+        "PGPASSWORD": conn.password,
+        "PGSSLMODE": conn.extra.get("sslmode"),
+        "PGOPTIONS": conn.extra.get("options"),
+        "PGAPPNAME": "medallion psql",
+    }
+    return {name: value for name, value in values.items() if value}
+
+
+def cmd_psql(args: argparse.Namespace, psql_args: list[str]) -> int:
+    """Replace this process with psql on the warehouse: the parameter set's postgres
+    connection id, resolved as the pipeline resolves it (embedded services or AIRFLOW_CONN_*)."""
+    psql = psql_binary()
+    if psql is None:
+        print(
+            "error: no psql found: install PostgreSQL's client (apt-get install postgresql-client)"
+            " or the embedded services (make venv)",
+            file=sys.stderr,
+        )
+        return 2
+    conn_id = load_params(args.params_env)["postgres_conn_id"]
+    configured = all(os.environ.get(name) for name in services.CONNECTION_VARS)
+    # the embedded services are started if need be; a running server is taken as it is (a
+    # start re-applies sql/, and psql is where one looks when a file of sql/ fails)
+    if not configured and services.status()["postgres"] != "running":
+        use_services()
+    env = {**os.environ, **psql_env(get_connection(conn_id))}
+    sys.stdout.flush()
+    os.execvpe(psql, [psql, *psql_args], env)
+    return 0  # not reached: psql took over the process
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medallion")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,8 +247,19 @@ def main(argv: list[str] | None = None) -> int:
     boot.set_defaults(func=cmd_bootstrap)
     env = sub.add_parser("env", help="print AIRFLOW_CONN_* exports")
     env.set_defaults(func=cmd_env)
-    args = parser.parse_args(argv)
+    psql = sub.add_parser(
+        "psql",
+        help="psql on the warehouse (postgres connection of --params-env); the rest goes to psql",
+        allow_abbrev=False,
+    )
+    psql.add_argument("--params-env", default="local")
+    psql.set_defaults(func=cmd_psql)
+    args, rest = parser.parse_known_args(argv)
+    if args.func is not cmd_psql and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
+        if args.func is cmd_psql:
+            return cmd_psql(args, rest[1:] if rest[:1] == ["--"] else rest)
         return args.func(args)
     except (ServiceUnavailable, services.ServiceError) as err:
         print(f"error: {err}", file=sys.stderr)

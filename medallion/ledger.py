@@ -8,7 +8,10 @@ Every run starts by looking at its input (a file or a folder such as ``incoming/
 * at the end of the run each processed file is ``loaded`` (its lines reached silver and the
   run was published) or ``failed``, with the reason; a failed file is taken again next time.
 
-What each run decided is also in ``audit.run_log`` (step ``discover``, one row per file).
+What each run decided is also in ``audit.run_log`` (step ``discover``, one row per file). The
+entries of a folder that are not sales files (a ``notas.txt``, a subfolder, a hidden file) are
+recorded there too, as ``ignored`` with the reason; they are not deliveries: no ledger row, no
+task.
 """
 
 from __future__ import annotations
@@ -24,7 +27,21 @@ from medallion.warehouse import log_step, transaction
 # What a run decided for a file it saw
 NEW, CHANGED, RETRY, REPROCESS = "new", "changed", "retry", "reprocess"
 ALREADY_LOADED, DUPLICATE = "already loaded", "duplicate"
+IGNORED = "ignored"  # an entry of the folder that is not a sales file (run log only)
 TO_PROCESS = {NEW, CHANGED, RETRY, REPROCESS}
+
+
+# The ledger's words in Spanish: what the CLI and the runs' index say about each file
+DECISIONS_ES = {
+    NEW: "nuevo",
+    CHANGED: "cambiado",
+    RETRY: "reintento",
+    REPROCESS: "reproceso",
+    ALREADY_LOADED: "ya cargado, se omite",
+    DUPLICATE: "duplicado, se omite",
+    IGNORED: "ignorado",  # in the folder, but not a sales file (not counted as one)
+}
+STATUS_ES = {"loaded": "cargado", "failed": "falló", "processing": "sin terminar"}
 
 
 @dataclass(frozen=True)
@@ -44,14 +61,16 @@ class Delivery:
 
 
 def discover(eng: Engine, input_path: Path, run_id: str, reprocess: bool = False) -> list[Delivery]:
-    """Decide, file by file, what this run loads; record the decisions in the ledger."""
+    """Decide, file by file, what this run loads; record the decisions in the ledger. What a
+    folder holds besides sales files goes to the run log only, as ignored."""
     seen: dict[str, str] = {}  # sha256 -> file name, within this delivery
     deliveries = []
+    # an empty drop folder is a run with nothing new, not an error
+    files, ignored = bronze.scan_input(input_path, allow_empty=True)
     with transaction(eng) as conn:
         # one discovery at a time: two runs never both take the same new file
         conn.execute(text("select pg_advisory_xact_lock(hashtext('medallion.ledger'))"))
-        # an empty drop folder is a run with nothing new, not an error
-        for path in bronze.list_input_files(input_path, allow_empty=True):
+        for path in files:
             sha = bronze.sha256_of(path)
             delivery = _decide(conn, path, sha, seen.get(sha), reprocess)
             seen.setdefault(sha, path.name)
@@ -60,6 +79,9 @@ def discover(eng: Engine, input_path: Path, run_id: str, reprocess: bool = False
     for d in deliveries:
         details = {"sha256": d.sha256, "bytes": d.size, "note": d.note}
         log_step(eng, run_id, "discover", d.file_name, status=d.decision, details=details)
+    for entry in ignored:
+        note = {"note": entry.reason}
+        log_step(eng, run_id, "discover", entry.name, status=IGNORED, details=note)
     return deliveries
 
 

@@ -8,8 +8,9 @@ itself, apache/airflow#56364). Notebook parameters keep only the ids.
 
 Notebooks: papermill's operator, plus one distinction Airflow needs. A file that breaks the
 data contract fails the same way on every retry, so retrying it only delays the message. Such
-errors (InputFileError, FileRejected) fail the task at once, with the notebook's own message;
-anything else (a service that blinked) keeps the DAG's retries.
+errors (InputFileError, FileRejected, and MissingStep: a step run before the one it reads) fail
+the task at once, with the notebook's own message; anything else (a service that blinked) keeps
+the DAG's retries.
 
 Publishing: one SQL task merges the run into staging and runs the publish gate in the same
 transaction, then removes the run's transit rows. Before the merge it reloads from gold what
@@ -31,7 +32,16 @@ from papermill.exceptions import PapermillExecutionError
 
 from medallion.settings import WAREHOUSE_SESSION, env_var_name
 
-DATA_ERRORS = {"InputFileError", "FileRejected"}
+DATA_ERRORS = {"InputFileError", "FileRejected", "MissingStep"}
+# Publishing a run: the merge and the publish gate in one transaction; after the commit the
+# run's transit rows go, and VACUUM gives their space back at once (so that the next run does
+# not scan millions of dead rows).
+PUBLISH_SQL = [
+    "call staging.sp_merge_operaciones_ventas(%(run_id)s, %(scd_type)s, %(strategy)s)",
+    "call staging.sp_clear_transit(%(run_id)s)",
+    "vacuum public.bulk_fact_operaciones_ventas, public.bulk_dim_cliente, "
+    "public.bulk_dim_inventario",
+]
 GATE_FAILED = "MDG01"  # SQLSTATE of a failed publish-gate check (sql/049)
 
 
@@ -98,7 +108,7 @@ class PublishOperator(SQLExecuteQueryOperator):
 
     template_fields = (*SQLExecuteQueryOperator.template_fields, "run_parameters")
 
-    def __init__(self, *, run_parameters: dict | str, sql: list[str], **kwargs):
+    def __init__(self, *, run_parameters: dict | str, sql: list[str] = PUBLISH_SQL, **kwargs):
         limits = [f"set {name} = '{value}'" for name, value in WAREHOUSE_SESSION.items()]
         super().__init__(sql=[*limits, *sql], autocommit=True, **kwargs)
         self.run_parameters = run_parameters

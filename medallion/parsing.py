@@ -1134,7 +1134,10 @@ def _json_plan(
 # --------------------------------------------------------------------------- one file
 
 
+# What the reader parses when a file is given by itself (a .txt is read as delimited text)
 SUPPORTED = {".csv", ".tsv", ".txt", ".json", ".jsonl", ".ndjson"}
+# What a folder delivers (each also .gz): a .txt beside the sales files is a note, not sales
+FOLDER_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".ndjson"}
 
 
 def prefetched(chunks: Iterator[pd.DataFrame], depth: int = 1) -> Iterator[pd.DataFrame]:

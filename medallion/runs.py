@@ -11,12 +11,13 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
 
-from medallion import ledger, storage, warehouse
+from medallion import ledger, report, storage, warehouse
 from medallion.settings import (
     LOCAL_DIR,
     OUTPUTS_DIR,
@@ -110,6 +111,117 @@ def finish_run(
         "skipped": len(skipped),
         "message": message,
     }
+
+
+def close_run(
+    run_id: str,
+    started_at: datetime | None,
+    run: dict[str, Any] | None,
+    deliveries: list[dict[str, Any]] | None,
+    task_states: dict[str, str],
+) -> dict[str, Any]:
+    """The end of every run, whatever came before: its files closed in the ledger, then its
+    record in ``outputs/<run>/`` (``run.json``, each executed notebook as HTML) and the runs'
+    index. ``failed`` > 0 when a file or a task failed; ``message`` says which and why."""
+    failed_tasks = sorted(t for t, state in task_states.items() if state == "failed")
+    result: dict[str, Any] = {"loaded": 0, "failed": 0, "skipped": 0, "message": ""}
+    try:
+        if run is None or deliveries is None:
+            result.update(failed=1, message="The run stopped before its files were known.")
+        else:
+            result = finish_run(run, deliveries, task_states)
+        if failed_tasks and not result["failed"]:
+            result.update(failed=len(failed_tasks), message="failed: " + ", ".join(failed_tasks))
+    except Exception as err:  # the ledger could not be closed: still leave the record
+        result.update(failed=result["failed"] or 1, message=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        _write_record(run_id, started_at, run, failed_tasks, result)
+    return result
+
+
+def _write_record(
+    run_id: str,
+    started_at: datetime | None,
+    run: dict[str, Any] | None,
+    failed_tasks: list[str],
+    result: dict[str, Any],
+) -> None:
+    """``run.json``, the notebooks' HTML and the index; what the warehouse cannot tell (it is
+    down) is left out, and the record says so."""
+    output_dir = report.run_dir(run_id)
+    finished = datetime.now(UTC)
+    record: dict[str, Any] = {
+        "run_id": run_id,
+        "started_at": (started_at or finished).isoformat(timespec="seconds"),
+        "finished_at": finished.isoformat(timespec="seconds"),
+        "duration_s": round((finished - started_at).total_seconds(), 1) if started_at else None,
+        "status": "failed" if result["failed"] else "success",
+        "message": result["message"],
+    }
+    recorded = report.failures(output_dir)
+    record["failed"] = recorded + [
+        {"task": t, "file": None, "message": notebook_error_of(output_dir, t) or "(no message)"}
+        for t in failed_tasks
+        if not any(f["task"] == t for f in recorded)
+    ]
+    if run is not None:
+        try:
+            record.update(_counts(run["notebook_parameters"]["postgres_conn_id"], run_id))
+        except Exception as err:  # noqa: BLE001 - the record is written anyway
+            record["counts_error"] = f"{type(err).__name__}: {err}"
+    report.write_record(output_dir, record)
+    report.render_run(output_dir)
+    report.build_index(output_dir.parent)
+    if run is not None and "counts_error" not in record:  # what the record cost (make bench)
+        conn_id = run["notebook_parameters"]["postgres_conn_id"]
+        warehouse.log_metrics(warehouse.engine(conn_id), run_id, "record", finished)
+
+
+def _counts(conn_id: str, run_id: str) -> dict[str, Any]:
+    """The run's files, lines and merge counts, from the warehouse."""
+    import pandas as pd
+
+    from medallion import results
+
+    eng = warehouse.engine(conn_id)
+    files = results.run_files(eng, run_id)
+    processed = files[files.lines_in.notna()]
+    columns = ("lines_in", "silver", "quarantined", "duplicates")
+    return {
+        "files": [
+            {
+                "file": f["file_name"],
+                "decision": f["decision"],
+                "status": _delivery_status(eng, run_id, f["file_name"]),
+                **{c: None if pd.isna(f[c]) else int(f[c]) for c in columns},
+            }
+            for f in files.astype(object).to_dict("records")
+        ],
+        "totals": {c: int(processed[c].sum()) for c in columns},
+        "merge": [
+            {k: m[k] for k in ("table", "inserted", "updated", "unchanged")}
+            for m in results.merge_counts(eng, run_id).to_dict("records")
+        ],
+    }
+
+
+def _delivery_status(eng, run_id: str, file_name: str) -> str | None:
+    with eng.connect() as conn:
+        return conn.execute(
+            text("select status from audit.deliveries where run_id = :r and file_name = :f"),
+            {"r": run_id, "f": file_name},
+        ).scalar_one_or_none()
+
+
+def notebook_error_of(output_dir: Path, task_id: str) -> str | None:
+    """The error of a failed notebook task's executed copy (``files.02_silver_clean`` ->
+    ``02_silver_clean__*.ipynb``), if it stopped on one."""
+    name = task_id.rsplit(".", 1)[-1]
+    for path in sorted(output_dir.glob(f"{name}*.ipynb")):
+        if error := notebook_error(path):
+            return error
+    return None
 
 
 def _published(eng, run_id: str) -> bool:
@@ -320,12 +432,7 @@ def summary(eng, run_id: str) -> dict[str, Any]:
             {"r": run_id},
         ).all()
         tables = {}
-        for name in (
-            "dim_inventario",
-            "dim_cliente",
-            "fact_operaciones_ventas",
-            "vw_operaciones_ventas",
-        ):
+        for name in (*warehouse.TRANSIT_TABLES, "vw_operaciones_ventas"):  # staging's tables
             tables[f"staging.{name}"] = conn.execute(
                 text(f"select count(*) from staging.{name}")  # noqa: S608 - fixed names
             ).scalar_one()

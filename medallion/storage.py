@@ -50,11 +50,15 @@ def ensure_buckets(client: Minio, buckets: list[str]) -> list[str]:
     return created
 
 
+# What an S3 server answers for an object that is not there
+MISSING_OBJECT = {"NoSuchKey", "NoSuchObject", "NotFound"}
+
+
 def object_exists(client: Minio, bucket: str, key: str) -> bool:
     try:
         client.stat_object(bucket, key)
     except S3Error as err:
-        if err.code in {"NoSuchKey", "NoSuchObject", "NotFound"}:
+        if err.code in MISSING_OBJECT:
             return False
         raise
     return True
@@ -82,6 +86,22 @@ STEP_NOTEBOOKS = {
 }
 
 
+class MissingStep(LookupError):
+    """A step's manifest is not there for a run id: that step has not run for it (a notebook
+    run before the one it reads from). The message names the notebook to run first."""
+
+    def __init__(self, bucket: str, run_id: str, step: str, file_name: str | None = None):
+        self.bucket, self.run_id, self.step, self.file_name = bucket, run_id, step, file_name
+        what = f"file {file_name!r} of run {run_id!r}" if file_name else f"run {run_id!r}"
+        super().__init__(
+            f"No {step} output for {what} in s3://{bucket}: run the {step} notebook "
+            f"({STEP_NOTEBOOKS.get(step, step)}) for this run id first."
+        )
+
+    def __reduce__(self):  # pickled whole (a task's exception crosses processes)
+        return type(self), (self.bucket, self.run_id, self.step, self.file_name)
+
+
 def manifest_key(run_id: str, step: str, file_name: str | None = None) -> str:
     """Where a step records what it wrote for a run, or for one delivered file of the run;
     the next step reads only that."""
@@ -94,23 +114,35 @@ def _file_manifests_prefix(run_id: str, step: str) -> str:
     return f"_manifests/{run_slug(run_id)}/{step}/"
 
 
+def get_manifest(
+    client: Minio, bucket: str, run_id: str, step: str, file_name: str | None = None
+) -> dict:
+    """A step's manifest for a run (or for one file of the run). Not there, or no such bucket
+    yet: ``MissingStep``, which names the notebook to run first, instead of S3's NoSuchKey."""
+    try:
+        return get_json(client, bucket, manifest_key(run_id, step, file_name))
+    except S3Error as err:
+        if err.code in MISSING_OBJECT | {"NoSuchBucket"}:
+            raise MissingStep(bucket, run_id, step, file_name) from None
+        raise
+
+
 def file_manifests(
     client: Minio, bucket: str, run_id: str, step: str, file_name: str | None = None
 ) -> list[dict]:
     """The per-file manifests a step wrote for a run (only ``file_name``'s if given), in file
-    name order. None at all means the step has not run for this run id: the error says so."""
+    name order. None at all means the step has not run for this run id: ``MissingStep``."""
     if file_name:
-        keys = [manifest_key(run_id, step, file_name)]
-        keys = [k for k in keys if object_exists(client, bucket, k)]
-    else:
+        return [get_manifest(client, bucket, run_id, step, file_name)]
+    try:
         prefix = _file_manifests_prefix(run_id, step)
         keys = sorted(o.object_name for o in client.list_objects(bucket, prefix=prefix))
+    except S3Error as err:
+        if err.code != "NoSuchBucket":
+            raise
+        keys = []
     if not keys:
-        what = f"file {file_name!r} of run {run_id!r}" if file_name else f"run {run_id!r}"
-        raise LookupError(
-            f"No {step} output for {what} in s3://{bucket}: run the {step} notebook "
-            f"({STEP_NOTEBOOKS.get(step, step)}) for this run id first."
-        )
+        raise MissingStep(bucket, run_id, step)
     return [get_json(client, bucket, key) for key in keys]
 
 

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def gold_manifest(s3: Minio, gold_bucket: str, run_id: str) -> dict[str, Any]:
-    """What notebook 03 wrote for the run: its object per table and their row counts."""
-    return storage.get_json(s3, gold_bucket, storage.manifest_key(run_id, "gold"))
+    """What notebook 03 wrote for the run: its object per table and their row counts
+    (``storage.MissingStep`` when notebook 03 has not run for this run id)."""
+    return storage.get_manifest(s3, gold_bucket, run_id, "gold")
 
 
 def counts(db: Engine, run_id: str, tables: Iterable[str] = warehouse.TRANSIT_TABLES) -> dict:
@@ -89,3 +90,20 @@ def reload_missing(parameters: Mapping[str, Any]) -> dict[str, int]:
     return load_gold(
         db, s3, parameters["gold_bucket"], run_id, parameters.get("batch_size", 100_000)
     )
+
+
+def publish(db: Engine, run_id: str, scd_type: int = 1, strategy: str = "auto") -> None:
+    """Publish a run outside Airflow (JupyterLab after notebook 04, the notebook checks): the
+    same statements as the DAG's ``merge_staging`` task, on one autocommit connection."""
+    from medallion.operators import PUBLISH_SQL
+
+    parameters = {"run_id": run_id, "scd_type": scd_type, "strategy": strategy}
+    connection = db.raw_connection()
+    try:
+        connection.driver_connection.autocommit = True  # VACUUM runs outside a transaction
+        with connection.driver_connection.cursor() as cursor:
+            for statement in PUBLISH_SQL:
+                cursor.execute(statement, parameters)
+    finally:
+        connection.driver_connection.autocommit = False
+        connection.close()

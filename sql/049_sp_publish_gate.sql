@@ -5,7 +5,8 @@
 -- * keys: unique and not null natural keys in the dimensions, no fact of the run without its
 --   customer and product (the unknown member -1 counts as missing).
 -- A failing check raises an error naming the check and by how much (SQLSTATE MDG01): the merge
--- rolls back with it. On success the checks are recorded in audit.run_log (step 'publish'); the
+-- rolls back with it. On success the checks are recorded in audit.run_log (step 'publish';
+-- details -> 'checks': check, expected, found, passed, in this order); the
 -- transit rows stay until the merge's transaction commits (staging.sp_clear_transit).
 create or replace procedure staging.sp_publish_gate(p_run_id text)
 language plpgsql
@@ -17,7 +18,9 @@ declare
     v_silver    record;
     v_transit   record;
     v_delivered record;
-    v_count     bigint;
+    v_current_twins bigint;
+    v_product_twins bigint;
+    v_list      jsonb;
 begin
     perform set_config('work_mem', '256MB', true);  -- hash joins over a large run in memory
     select coalesce(sum(rows_out), 0) as lines,
@@ -49,43 +52,34 @@ begin
         'silver_lines', v_silver.lines, 'silver_sales', v_silver.sales,
         'transit_lines', v_transit.lines, 'transit_sales', v_transit.sales,
         'delivered_line_keys', v_delivered.lines, 'staged_line_keys', v_delivered.staged_lines,
-        'delivered_sales', v_delivered.sales, 'staged_sales', v_delivered.staged_sales);
-    if v_transit.lines <> v_silver.lines then
-        v_failures := v_failures || format('lines silver -> transit: %s expected, %s found (%s)',
-            v_silver.lines, v_transit.lines, v_transit.lines - v_silver.lines);
-    end if;
-    if v_transit.sales <> v_silver.sales then
-        v_failures := v_failures || format('sum of sales silver -> transit: %s expected, %s found (%s)',
-            v_silver.sales, v_transit.sales, v_transit.sales - v_silver.sales);
-    end if;
-    if v_delivered.staged_lines <> v_delivered.lines then
-        v_failures := v_failures || format('line keys in staging: %s expected, %s found (%s)',
-            v_delivered.lines, v_delivered.staged_lines,
-            v_delivered.staged_lines - v_delivered.lines);
-    end if;
-    if v_delivered.staged_sales <> v_delivered.sales then
-        v_failures := v_failures || format('sum of sales in staging: %s expected, %s found (%s)',
-            v_delivered.sales, v_delivered.staged_sales,
-            v_delivered.staged_sales - v_delivered.sales);
-    end if;
-
-    select count(*) into v_count from (
+        'delivered_sales', v_delivered.sales, 'staged_sales', v_delivered.staged_sales,
+        'orphan_facts', v_delivered.orphans);
+    select count(*) into v_current_twins from (
         select customer_id from staging.dim_cliente where is_current
         group by customer_id having count(*) > 1) as d;
-    if v_count > 0 then
-        v_failures := v_failures || format('dim_cliente: %s customer ids with more than one current row', v_count);
-    end if;
-    select count(*) into v_count from (
+    select count(*) into v_product_twins from (
         select product_id from staging.dim_inventario group by product_id having count(*) > 1) as d;
-    if v_count > 0 then
-        v_failures := v_failures || format('dim_inventario: %s duplicated product ids', v_count);
-    end if;
 
-    v_count := v_delivered.orphans;
-    v_checks := v_checks || jsonb_build_object('orphan_facts', v_count);
-    if v_count > 0 then
-        v_failures := v_failures || format('%s fact lines of the run without their customer or product', v_count);
-    end if;
+    -- Every check, expected against found: a check passes when they are equal.
+    v_list := jsonb_build_array(
+        staging.gate_check('lines silver -> transit', v_silver.lines, v_transit.lines),
+        staging.gate_check('sum of sales silver -> transit', v_silver.sales, v_transit.sales),
+        staging.gate_check('line keys in staging', v_delivered.lines, v_delivered.staged_lines),
+        staging.gate_check('sum of sales in staging', v_delivered.sales,
+                           v_delivered.staged_sales),
+        staging.gate_check('dim_cliente: customer ids with more than one current row', 0,
+                           v_current_twins),
+        staging.gate_check('dim_inventario: duplicated product ids', 0, v_product_twins),
+        staging.gate_check('fact lines of the run without their customer or product', 0,
+                           v_delivered.orphans));
+    v_checks := v_checks || jsonb_build_object('checks', v_list);
+    select coalesce(array_agg(format('%s: %s expected, %s found (%s)', c ->> 'check',
+                                     c ->> 'expected', c ->> 'found',
+                                     (c ->> 'found')::numeric - (c ->> 'expected')::numeric)
+                              order by n), '{}')
+    into v_failures
+    from jsonb_array_elements(v_list) with ordinality as t(c, n)
+    where not (c ->> 'passed')::boolean;
 
     if cardinality(v_failures) > 0 then
         raise exception 'publish gate failed for run %: %', p_run_id,

@@ -49,7 +49,8 @@ def start_services() -> None:
     """The services of the session, a fresh database, the buckets and sql/; the connection
     variables are set before any notebook kernel starts, so nbval's kernels use them too."""
     global _EMBEDDED
-    _EMBEDDED = services.use_services().startswith("embedded")
+    used = services.use_services()  # 'embedded (S3: started, PostgreSQL: reused)'
+    _EMBEDDED = used.startswith("embedded") and "started" in used
     test_db = warehouse.fresh_database("postgres_default", TEST_DATABASE)
     os.environ[env_var_name("postgres_default")] = test_db.as_json()
     params = load_params("local")
@@ -63,7 +64,8 @@ def start_services() -> None:
     os.environ["MEDALLION_TEST_SERVICES_READY"] = "1"
 
 
-_EMBEDDED = False  # the session started (or reused) embedded services of its own
+# The session started embedded services of its own (another session's are left running)
+_EMBEDDED = False
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -92,7 +92,7 @@ def test_three_new_files_load_in_per_file_tasks(airflow, first_run, sample_expec
     once = {t["task_id"]: t["state"] for t in tis if t["map_index"] == -1}
     assert once == dict.fromkeys(
         ["prepare_run", "discover_deliveries", "file_tasks", "03_gold_model",
-         "04_load_postgres", "merge_staging", "record_deliveries"],
+         "04_load_postgres", "merge_staging", "05_resultado", "record_run"],
         "success",
     )  # fmt: skip
     valid = sum(f["valid"] for f in sample_expected.values()) + 40
@@ -102,7 +102,7 @@ def test_three_new_files_load_in_per_file_tasks(airflow, first_run, sample_expec
     folder = OUTPUTS_DIR / run_slug(run_id)
     assert sorted(p.name for p in folder.glob("*.ipynb")) == sorted(
         [f"{step}__{f}.ipynb" for f in files for step in ("01_bronze_ingest", "02_silver_clean")]
-        + ["03_gold_model.ipynb", "04_load_postgres.ipynb"]
+        + ["03_gold_model.ipynb", "04_load_postgres.ipynb", "05_resultado.ipynb"]
     )
     with airflow.engine.connect() as conn:
         sales = conn.execute(
@@ -182,13 +182,13 @@ def test_a_corrupt_file_fails_its_own_task_and_the_others_are_published(
     by_task = {t["task_id"]: t for t in tis if t["map_index"] == -1}
     for task in ("03_gold_model", "04_load_postgres", "merge_staging"):
         assert by_task[task]["state"] == "success", task
-    assert by_task["record_deliveries"]["state"] == "failed"
+    assert by_task["record_run"]["state"] == "failed"
     bad = next(t for t in tis if t.get("rendered_map_index") == "ventas_rotas.csv"
                and t["task_id"] == "files.02_silver_clean")  # fmt: skip
     assert bad["try_number"] == 1  # a data error is not retried
     log = airflow.task_log(run_id, "files.02_silver_clean", bad["map_index"])
     assert "ventas_rotas.csv: s3://" in log and "FileRejected" in log
-    summary = airflow.task_log(run_id, "record_deliveries")
+    summary = airflow.task_log(run_id, "record_run")
     assert "1 of 2 new file(s) failed" in summary and "ventas_rotas.csv" in summary
     entries = ledger(airflow.engine)
     assert entries["ventas_nuevas.csv"] == ("loaded", None)

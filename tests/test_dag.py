@@ -73,7 +73,7 @@ def test_dag_has_tags_doc_retries_and_timeouts(dag_info):
     # every task is bounded in time; everything but the final bookkeeping retries with backoff
     assert all(t["timeout"] for t in tasks.values()), {k: t["timeout"] for k, t in tasks.items()}
     retried = {k for k, t in tasks.items() if t["retries"] >= 1 and t["backoff"]}
-    assert set(tasks) - retried == {"record_deliveries"}
+    assert set(tasks) - retried == {"record_run"}
 
 
 def test_per_file_notebooks_then_one_gold_load_merge_and_gate(dag_info):
@@ -86,15 +86,18 @@ def test_per_file_notebooks_then_one_gold_load_merge_and_gate(dag_info):
         "03_gold_model",
         "04_load_postgres",
         "merge_staging",
-        "record_deliveries",
+        "05_resultado",
+        "record_run",
     ]
     tasks = dag_info["tasks"]
     assert tasks["files.01_bronze_ingest"]["mapped"] and tasks["files.02_silver_clean"]["mapped"]
     assert not tasks["03_gold_model"]["mapped"]
     # gold runs when every file is done and at least one reached silver; the ledger always
     assert tasks["03_gold_model"]["trigger_rule"] == "all_done_min_one_success"
-    assert tasks["record_deliveries"]["trigger_rule"] == "all_done"
-    notebooks = [t for t in tasks if t[:2] in ("01", "02", "03", "04") or t.startswith("files.")]
+    assert tasks["record_run"]["trigger_rule"] == "all_done"
+    notebooks = [
+        t for t in tasks if t[:2] in ("01", "02", "03", "04", "05") or t.startswith("files.")
+    ]
     for name in notebooks:
         assert "PapermillOperator" in tasks[name]["types"], name
         assert tasks[name]["log_output"] is True, name

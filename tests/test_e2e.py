@@ -1,5 +1,6 @@
 """The whole DAG on the committed sample, twice, against the real services (`make run`'s path)."""
 
+import json
 import os
 import re
 import subprocess
@@ -187,12 +188,49 @@ def test_executed_notebooks_are_kept_without_secrets(first_run, secrets_in_use):
         "02_silver_clean__ventas_2024_h2.json.ipynb",
         "03_gold_model.ipynb",
         "04_load_postgres.ipynb",
+        "05_resultado.ipynb",
     ]
+    # each one also as HTML beside it, self-contained (nothing loaded from elsewhere)
+    for name in notebooks:
+        html = (folder / name).with_suffix(".html").read_text()
+        assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"https?://", html), name
     assert secrets_in_use, "the tests must know the passwords they use"
-    for path in OUTPUTS_DIR.rglob("*.ipynb"):
+    record = [
+        *OUTPUTS_DIR.rglob("*.ipynb"),
+        *OUTPUTS_DIR.rglob("*.html"),
+        *OUTPUTS_DIR.rglob("*.json"),
+    ]
+    assert OUTPUTS_DIR / "index.html" in record and folder / "run.json" in record
+    for path in record:
         content = path.read_text()
         for secret in secrets_in_use:
             assert secret not in content, f"{path} contains a password"
+
+
+def test_the_run_record_lists_the_run_with_its_counts(first_run, expected):
+    from medallion import report
+
+    run_id, _ = first_run
+    record = json.loads((OUTPUTS_DIR / run_slug(run_id) / "run.json").read_text())
+    assert record["status"] == "success" and record["failed"] == []
+    assert record["totals"] == {
+        "lines_in": expected["lines"],
+        "silver": expected["valid"],
+        "quarantined": expected["quarantined"],
+        "duplicates": expected["duplicates"],
+    }
+    assert {f["file"]: (f["decision"], f["status"]) for f in record["files"]} == {
+        "ventas_2024_h1.csv": ("new", "loaded"),
+        "ventas_2024_h2.json": ("new", "loaded"),
+    }
+    merged = {m["table"]: m for m in record["merge"]}
+    fact = merged["staging.fact_operaciones_ventas"]
+    assert fact["inserted"] + fact["updated"] + fact["unchanged"] == expected["valid"]
+    listed = {r["run_id"]: r for r in report.runs(OUTPUTS_DIR)}
+    assert [n["name"] for n in listed[run_id]["notebooks"]][-1] == "05_resultado"
+    index = (OUTPUTS_DIR / "index.html").read_text()
+    assert f'data-run-id="{run_id}" data-status="success"' in index
+    assert f'href="{run_slug(run_id)}/05_resultado.html"' in index
 
 
 def test_a_file_that_breaks_the_contract_fails_alone_and_clearly(tmp_path, db, first_run):
@@ -250,3 +288,17 @@ def test_a_file_that_breaks_the_contract_fails_alone_and_clearly(tmp_path, db, f
     after = snapshot(db)
     fact = "staging.fact_operaciones_ventas"
     assert after[fact][0] == before[fact][0] + 10
+    # the run is in the record as failed, with each failed task and why
+    record = json.loads((OUTPUTS_DIR / run_slug(run_id) / "run.json").read_text())
+    assert record["status"] == "failed"
+    why = {(f["task"], f["file"]): f["message"] for f in record["failed"]}
+    assert (
+        "the file has a header but no sales lines"
+        in why[("files.02_silver_clean", "header_only.csv")]
+    )
+    assert (
+        "4 of 8 lines (50%) were rejected" in why[("files.02_silver_clean", "too_many_rejects.csv")]
+    )
+    index = (OUTPUTS_DIR / "index.html").read_text()
+    assert f'data-run-id="{run_id}" data-status="failed"' in index
+    assert "header_only.csv: the file has a header but no sales lines" in index

@@ -1,5 +1,6 @@
 """The delivery ledger against the real warehouse: what a run takes, skips and retries."""
 
+import re
 import uuid
 
 import pytest
@@ -136,3 +137,59 @@ def test_each_decision_is_in_the_run_log(db, folder):
             {"r": run},
         ).all()
     assert rows == [(f"{folder.tag}_a.csv", "new")]
+
+
+def test_what_is_not_a_sales_file_in_a_folder_is_ignored_and_reported(db, folder, capsys):
+    from medallion import bronze, cli, runs
+
+    folder("a.csv", "a,b\n1,2\n")
+    (folder.path / "notas.txt").write_text("delivered by Ana, call her if something is wrong\n")
+    (folder.path / "viejos").mkdir()
+    (folder.path / "viejos" / "b.csv").write_text(f"a,b\n3,4\n{folder.tag}\n")
+    (folder.path / ".DS_Store").write_bytes(b"\0\0")
+    (folder.path / ".gitkeep").touch()  # the drop folder's placeholder: not worth a line
+    run = run_id()
+    found = ledger.discover(db, folder.path, run)
+    assert decisions(found) == {"a.csv": "new"}  # the CSV is taken, nothing else
+    with db.connect() as conn:
+        logged = conn.execute(
+            text(
+                "select source, status, details ->> 'note' from audit.run_log "
+                "where run_id = :r and step = 'discover' order by source"
+            ),
+            {"r": run},
+        ).all()
+        delivered = conn.execute(
+            text("select file_name from audit.deliveries where run_id = :r"), {"r": run}
+        ).scalars()
+    assert [(source, status) for source, status, _ in logged] == [
+        (".DS_Store", "ignored"),
+        (f"{folder.tag}_a.csv", "new"),
+        ("notas.txt", "ignored"),
+        ("viejos", "ignored"),
+    ]
+    notes = {source: note for source, _, note in logged}
+    assert notes["notas.txt"] == "not a CSV/JSON sales file ('.txt')"
+    assert notes["viejos"].startswith("subfolder")
+    assert list(delivered) == [f"{folder.tag}_a.csv"]  # no ledger row for what was ignored
+    # a .txt given by itself is still read as delimited text
+    assert bronze.list_input_files(folder.path / "notas.txt") == [folder.path / "notas.txt"]
+
+    # they become no task, and the run's summary names them without counting them as files
+    prepared = runs.prepare_run(run, overrides={"input_path": str(folder.path)})
+    tasks = runs.discover(prepared)
+    assert [d["file_name"] for d in tasks if d["notebooks"]] == [f"{folder.tag}_a.csv"]
+    assert [d["file_name"] for d in tasks] == [f"{folder.tag}_a.csv"]
+    cli.print_summary(runs.summary(db, run))
+    out = capsys.readouterr().out
+    assert "archivos nuevos:       1 de 1" in out
+    assert re.search(r"notas\.txt +ignorado \(not a CSV/JSON sales file \('\.txt'\)\)", out)
+    assert re.search(r"viejos +ignorado \(subfolder", out)
+
+
+def test_a_folder_of_only_other_files_says_what_it_ignored(tmp_path):
+    from medallion import bronze
+
+    (tmp_path / "notas.txt").write_text("nothing to load\n")
+    with pytest.raises(FileNotFoundError, match=r"ignored: notas\.txt"):
+        bronze.list_input_files(tmp_path)

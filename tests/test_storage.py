@@ -1,18 +1,18 @@
-"""Object-store plumbing that needs no server."""
+"""Object-store plumbing: temporary folders (no server) and the manifests between steps."""
 
 import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
 
-from medallion import storage
-
-pytestmark = pytest.mark.pure  # no service: runs without starting any
+from medallion import storage, transit
 
 
+@pytest.mark.pure  # no service: runs without starting any
 def test_work_dirs_of_dead_processes_are_removed_and_live_ones_kept():
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
@@ -25,3 +25,33 @@ def test_work_dirs_of_dead_processes_are_removed_and_live_ones_kept():
         assert not orphan.exists()
         with storage.work_dir():  # a second one of the same process keeps the first
             assert Path(mine).exists()
+
+
+def test_a_step_run_before_the_one_it_reads_names_the_notebook_to_run_first(s3, db, params):
+    """Notebooks 02, 03 and 04 (and the merge's reload) run for a run id whose earlier step
+    never ran: a MissingStep that names the notebook to run first, never S3's NoSuchKey."""
+    run = f"test_storage__{uuid.uuid4().hex[:8]}"
+    bronze, silver, gold = params["bronze_bucket"], params["silver_bucket"], params["gold_bucket"]
+    first = "run the {step} notebook \\({notebook}\\) for this run id first"
+    early = [  # (what the notebook calls, the step it needs)
+        (lambda: storage.file_manifests(s3, bronze, run, "bronze", "ventas.csv"), "bronze"),  # 02
+        (lambda: storage.file_manifests(s3, bronze, run, "bronze"), "bronze"),  # 02, whole run
+        (lambda: storage.file_manifests(s3, silver, run, "silver"), "silver"),  # 03
+        (lambda: transit.gold_manifest(s3, gold, run), "gold"),  # 04
+        (lambda: transit.load_gold(db, s3, gold, run), "gold"),  # 04, the merge's reload
+    ]
+    for call, step in early:
+        notebook = storage.STEP_NOTEBOOKS[step]
+        with pytest.raises(storage.MissingStep, match=first.format(step=step, notebook=notebook)):
+            call()
+    with pytest.raises(storage.MissingStep, match=f"run '{run}' in s3://{gold}"):
+        transit.gold_manifest(s3, gold, run)
+    # a bucket that does not exist yet (a fresh store) is the same answer
+    with pytest.raises(storage.MissingStep, match="01_bronze_ingest"):
+        storage.file_manifests(s3, f"no-such-bucket-{uuid.uuid4().hex[:8]}", run, "bronze")
+    with pytest.raises(storage.MissingStep, match="03_gold_model"):
+        storage.get_manifest(s3, f"no-such-bucket-{uuid.uuid4().hex[:8]}", run, "gold")
+
+    storage.put_json(s3, gold, storage.manifest_key(run, "gold"), {"run_id": run})
+    assert transit.gold_manifest(s3, gold, run) == {"run_id": run}
+    s3.remove_object(gold, storage.manifest_key(run, "gold"))

@@ -1,0 +1,138 @@
+"""What a published run left in the warehouse, for its result notebook (05_resultado) and its
+record: its files, the merge's counts, the publish gate's checks, and the first figures an
+analyst looks at, read from ``staging.vw_operaciones_ventas``."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pandas as pd
+from sqlalchemy import Engine, text
+
+from medallion import warehouse
+
+
+class RunNotPublished(RuntimeError):
+    """The run has no published result (yet): its merge comes first."""
+
+
+def _frame(db: Engine, sql: str, **params) -> pd.DataFrame:
+    with db.connect() as conn:
+        return pd.read_sql(text(sql), conn, params=params)
+
+
+def publish_checks(db: Engine, run_id: str) -> pd.DataFrame:
+    """The publish gate's checks of the run: check, expected, found, passed. A run that is not
+    published has none: the error says which step comes first."""
+    with db.connect() as conn:
+        checks = conn.execute(
+            text(
+                "select details ->> 'checks' from audit.run_log "
+                "where run_id = :r and step = 'publish' and status = 'success'"
+            ),
+            {"r": run_id},
+        ).scalar_one_or_none()
+    if checks is None:
+        raise RunNotPublished(
+            f"run {run_id!r} is not published: merge it first (the DAG's merge_staging task, "
+            f"`call staging.sp_merge_operaciones_ventas('{run_id}')` after notebook "
+            "04_load_postgres, or `make run`)"
+        )
+    exact = json.loads(checks, parse_float=Decimal)  # sums of sales as delivered, not floats
+    return pd.DataFrame(exact, columns=["check", "expected", "found", "passed"])
+
+
+def run_files(db: Engine, run_id: str) -> pd.DataFrame:
+    """Each file the run saw: its decision and, if processed, its lines by destination."""
+    return (
+        _frame(
+            db,
+            """select file_name, decision, lines_in, silver, quarantined, duplicates, note
+           from audit.vw_run_files where run_id = :r order by file_name""",
+            r=run_id,
+        )
+        .astype({c: "Int64" for c in ("lines_in", "silver", "quarantined", "duplicates")})
+        .fillna(
+            {"decision": "—"}  # a notebook run by hand: no discovery
+        )
+    )
+
+
+def merge_counts(db: Engine, run_id: str) -> pd.DataFrame:
+    """Per staging table: rows the merge inserted, updated and found unchanged."""
+    return _frame(
+        db,
+        """select source as "table", (details ->> 'inserted')::bigint as inserted,
+                  (details ->> 'updated')::bigint as updated,
+                  (details ->> 'unchanged')::bigint as unchanged, details ->> 'strategy' as how
+           from audit.run_log where run_id = :r and step = 'merge' order by started_at""",
+        r=run_id,
+    )
+
+
+def staging_rows(db: Engine) -> pd.DataFrame:
+    """Rows now in each staging table and in the view."""
+    tables = [*warehouse.TRANSIT_TABLES, "vw_operaciones_ventas"]  # keyed by staging table
+    counts = " union all ".join(
+        f"select 'staging.{t}' as \"table\", count(*) as rows from staging.{t}" for t in tables
+    )
+    return _frame(db, counts)
+
+
+# -- the view, for analysts ------------------------------------------------------------------
+
+
+def sales_by_month(db: Engine) -> pd.DataFrame:
+    return _frame(
+        db,
+        """select make_date(order_year, order_month, 1) as month,
+                  sum(sales)::float8 as sales, sum(profit)::float8 as profit
+           from staging.vw_operaciones_ventas group by 1 order by 1""",
+    ).set_index("month")
+
+
+def sales_by_region_and_segment(db: Engine) -> pd.DataFrame:
+    """Sales per region (rows) and segment (columns)."""
+    return _frame(
+        db,
+        """select coalesce(region, '(sin región)') as region,
+                  coalesce(segment, '(sin segmento)') as segment, sum(sales)::float8 as sales
+           from staging.vw_operaciones_ventas group by 1, 2""",
+    ).pivot_table(index="region", columns="segment", values="sales", fill_value=0)
+
+
+def top_products(db: Engine, n: int = 10) -> pd.DataFrame:
+    return _frame(
+        db,
+        """select product_id, max(product_name) as product_name, sum(sales)::float8 as sales,
+                  sum(profit)::float8 as profit
+           from staging.vw_operaciones_ventas group by product_id
+           order by sum(sales) desc, product_id limit :n""",
+        n=n,
+    )
+
+
+def top_customers(db: Engine, n: int = 10) -> pd.DataFrame:
+    return _frame(
+        db,
+        """select customer_id, max(customer_name) as customer_name, sum(sales)::float8 as sales,
+                  sum(profit)::float8 as profit
+           from staging.vw_operaciones_ventas group by customer_id
+           order by sum(sales) desc, customer_id limit :n""",
+        n=n,
+    )
+
+
+def run_changes_by_month(db: Engine, run_id: str) -> pd.DataFrame:
+    """The fact lines this run inserted and updated, by month of the order. A line keeps the
+    id of the last run that wrote it (``run_id``); an updated line's ``updated_at`` is after
+    its ``created_at``, an inserted one's is the same (one transaction)."""
+    return _frame(
+        db,
+        """select date_trunc('month', order_date)::date as month,
+                  count(*) filter (where updated_at = created_at) as new_lines,
+                  count(*) filter (where updated_at > created_at) as updated_lines
+           from staging.fact_operaciones_ventas where run_id = :r group by 1 order by 1""",
+        r=run_id,
+    ).set_index("month")

@@ -1,0 +1,94 @@
+"""The run record's pieces on their own: notebooks as self-contained HTML, the index of run
+folders (with or without their run.json), the failures the tasks recorded. The DAG's use of
+them is covered end to end (test_e2e, test_report_browser)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+from medallion import report
+
+pytestmark = pytest.mark.pure
+
+PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
+    )
+).decode()
+
+
+def executed_notebook(path, error: str | None = None):
+    cell = new_code_cell("plot()")
+    cell.outputs = [new_output("display_data", data={"image/png": PNG, "text/plain": "<Figure>"})]
+    if error:
+        cell.outputs.append(new_output("error", ename="FileRejected", evalue=error, traceback=[]))
+    nbformat.write(new_notebook(cells=[cell]), path)
+    return path
+
+
+def test_a_notebook_becomes_html_that_loads_nothing_from_elsewhere(tmp_path):
+    html = report.render_notebook(executed_notebook(tmp_path / "05_resultado.ipynb"))
+    page = html.read_text()
+    assert html.name == "05_resultado.html"
+    assert f"data:image/png;base64,{PNG}" in page
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"https?://", page)
+
+
+def test_only_missing_or_older_html_is_rendered_again(tmp_path):
+    executed_notebook(tmp_path / "01_bronze_ingest__a.csv.ipynb")
+    executed_notebook(tmp_path / "03_gold_model.ipynb")
+    assert len(report.render_run(tmp_path)) == 2
+    assert report.render_run(tmp_path) == []
+
+
+def test_the_index_lists_runs_newest_first_with_or_without_their_record(tmp_path):
+    done, cut_short = tmp_path / "manual__2", tmp_path / "manual__1"
+    for folder in (done, cut_short):
+        folder.mkdir()
+        executed_notebook(folder / "04_load_postgres.ipynb")
+        report.render_run(folder)
+    report.write_record(
+        done,
+        {
+            "run_id": "manual__2",
+            "started_at": "2099-01-01T00:00:00+00:00",
+            "duration_s": 75.2,
+            "status": "failed",
+            "message": "1 of 1 new file(s) failed",
+            "failed": [{"task": "files.02_silver_clean", "file": "a.csv", "message": "<b>bad</b>"}],
+            "totals": {"lines_in": 1234567, "silver": 0, "quarantined": 1234567, "duplicates": 0},
+        },
+    )
+    (tmp_path / "not_a_run").mkdir()  # no notebook, no record: not listed
+    listed = report.runs(tmp_path)
+    assert [r["run_id"] for r in listed] == ["manual__2", "manual__1"]
+    assert listed[1]["status"] == "unknown"
+    assert listed[1]["notebooks"] == [
+        {"name": "04_load_postgres", "html": "manual__1/04_load_postgres.html"}
+    ]
+    page = report.build_index(tmp_path).read_text()
+    assert page.index('data-run-id="manual__2"') < page.index('data-run-id="manual__1"')
+    assert "1 min 15 s" in page and "1.234.567" in page
+    assert "&lt;b&gt;bad&lt;/b&gt;" in page  # messages are text, never markup
+
+
+def test_failures_keep_the_last_message_of_each_task(tmp_path):
+    lines = [
+        {"task": "merge_staging", "file": None, "message": "first"},
+        {"task": "files.02_silver_clean", "file": "a.csv", "message": "a"},
+        {"task": "files.02_silver_clean", "file": "b.csv", "message": "b"},
+        {"task": "merge_staging", "file": None, "message": "after a clear"},
+    ]
+    (tmp_path / report.FAILURES).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert {(f["task"], f["file"]): f["message"] for f in report.failures(tmp_path)} == {
+        ("merge_staging", None): "after a clear",
+        ("files.02_silver_clean", "a.csv"): "a",
+        ("files.02_silver_clean", "b.csv"): "b",
+    }
