@@ -27,6 +27,8 @@ INDEX = "index.html"
 RESULT_NOTEBOOK = "05_resultado"  # the run's published result, linked first
 TEMPLATES = Path(__file__).parent / "templates"
 MESSAGE_CHARS = 2000
+# Errors whose message says it all (the DAG's own "fail now, no retry": the notebook's error)
+QUIET_ERRORS = {"AirflowFailException"}
 # What the index shows of a run folder without run.json (a run going on, or cut short)
 EMPTY_RECORD = {
     "status": "unknown",
@@ -96,7 +98,8 @@ def _message(error: BaseException | str | None) -> str:
     if error is None:
         return "(no message)"
     text = str(error).strip() or type(error).__name__
-    if isinstance(error, BaseException) and type(error).__name__ not in text:
+    name = type(error).__name__
+    if isinstance(error, BaseException) and name not in text and name not in QUIET_ERRORS:
         text = f"{type(error).__name__}: {text}"
     return text[:MESSAGE_CHARS]
 

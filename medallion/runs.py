@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -163,7 +164,7 @@ def _write_record(
     record["failed"] = recorded + [
         {"task": t, "file": None, "message": notebook_error_of(output_dir, t) or "(no message)"}
         for t in failed_tasks
-        if not any(f["task"] == t for f in recorded)
+        if not any(_same_task(f["task"], t) for f in recorded)
     ]
     if run is not None:
         try:
@@ -176,6 +177,11 @@ def _write_record(
     if run is not None and "counts_error" not in record:  # what the record cost (make bench)
         conn_id = run["notebook_parameters"]["postgres_conn_id"]
         warehouse.log_metrics(warehouse.engine(conn_id), run_id, "record", finished)
+
+
+def _same_task(task_id: str, state_key: str) -> bool:
+    """Airflow's task states name a mapped task instance ``<task_id>_<map index>``."""
+    return state_key == task_id or re.fullmatch(re.escape(task_id) + r"_\d+", state_key) is not None
 
 
 def _counts(conn_id: str, run_id: str) -> dict[str, Any]:
@@ -217,7 +223,7 @@ def _delivery_status(eng, run_id: str, file_name: str) -> str | None:
 def notebook_error_of(output_dir: Path, task_id: str) -> str | None:
     """The error of a failed notebook task's executed copy (``files.02_silver_clean`` ->
     ``02_silver_clean__*.ipynb``), if it stopped on one."""
-    name = task_id.rsplit(".", 1)[-1]
+    name = re.sub(r"_\d+$", "", task_id.rsplit(".", 1)[-1])  # a mapped task: '<id>_<index>'
     for path in sorted(output_dir.glob(f"{name}*.ipynb")):
         if error := notebook_error(path):
             return error

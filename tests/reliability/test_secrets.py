@@ -48,6 +48,7 @@ def test_no_secret_in_any_artifact_of_a_run(db, tmp_path, report):
     assert len(secrets) >= 5
     files = artifacts()
     assert any(p.suffix == ".ipynb" for p in files) and any(p.suffix == ".log" for p in files)
+    assert any(p.suffix == ".html" for p in files) and OUTPUTS_DIR / "index.html" in files
     leaks = [
         f"{path}: secret #{i}"
         for path in files
