@@ -146,16 +146,14 @@ with DAG(
         from medallion.operators import use_connections
         from medallion.runs import close_run
 
-        run = ti.xcom_pull(task_ids="prepare_run")
-        if run is not None:
-            use_connections(run["notebook_parameters"])
         states = ti.get_task_states(dag_id=dag_run.dag_id, run_ids=[dag_run.run_id])
         result = close_run(
             dag_run.run_id,
             dag_run.start_date,
-            run,
+            ti.xcom_pull(task_ids="prepare_run"),
             ti.xcom_pull(task_ids="discover_deliveries"),
             {t: s for t, s in states.get(dag_run.run_id, {}).items() if t != ti.task_id},
+            connect=use_connections,
         )
         if result["failed"]:
             raise AirflowFailException(result["message"])

@@ -219,7 +219,10 @@ def cmd_psql(args: argparse.Namespace, psql_args: list[str]) -> int:
     # start re-applies sql/, and psql is where one looks when a file of sql/ fails)
     if not configured and services.status()["postgres"] != "running":
         use_services()
-    env = {**os.environ, **psql_env(get_connection(conn_id))}
+    # libpq reads PG* variables: none of the caller's (a PGHOSTADDR, a PGSERVICE) may send the
+    # warehouse's password to another server
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env = {**inherited, **psql_env(get_connection(conn_id))}
     sys.stdout.flush()
     os.execvpe(psql, [psql, *psql_args], env)
     return 0  # not reached: psql took over the process

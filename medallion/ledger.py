@@ -41,7 +41,12 @@ DECISIONS_ES = {
     DUPLICATE: "duplicado, se omite",
     IGNORED: "ignorado",  # in the folder, but not a sales file (not counted as one)
 }
-STATUS_ES = {"loaded": "cargado", "failed": "falló", "processing": "sin terminar"}
+STATUS_ES = {
+    "loaded": "cargado",
+    "failed": "falló",
+    "processing": "sin terminar",
+    "duplicate": "duplicado",
+}
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ itself, apache/airflow#56364). Notebook parameters keep only the ids.
 
 Notebooks: papermill's operator, plus one distinction Airflow needs. A file that breaks the
 data contract fails the same way on every retry, so retrying it only delays the message. Such
-errors (InputFileError, FileRejected, and MissingStep: a step run before the one it reads) fail
-the task at once, with the notebook's own message; anything else (a service that blinked) keeps
-the DAG's retries.
+errors (InputFileError, FileRejected) fail the task at once, with the notebook's own message;
+anything else (a service that blinked, or a manifest not there: an object store that restarted
+may answer NoSuchKey for a while) keeps the DAG's retries.
 
 Publishing: one SQL task merges the run into staging and runs the publish gate in the same
 transaction, then removes the run's transit rows. Before the merge it reloads from gold what
@@ -32,7 +32,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from medallion.settings import WAREHOUSE_SESSION, env_var_name
 
-DATA_ERRORS = {"InputFileError", "FileRejected", "MissingStep"}
+DATA_ERRORS = {"InputFileError", "FileRejected"}
 # Publishing a run: the merge and the publish gate in one transaction; after the commit the
 # run's transit rows go, and VACUUM gives their space back at once (so that the next run does
 # not scan millions of dead rows).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -27,6 +28,7 @@ INDEX = "index.html"
 RESULT_NOTEBOOK = "05_resultado"  # the run's published result, linked first
 TEMPLATES = Path(__file__).parent / "templates"
 MESSAGE_CHARS = 2000
+NO_MESSAGE = "(no message)"
 # Errors whose message says it all (the DAG's own "fail now, no retry": the notebook's error)
 QUIET_ERRORS = {"AirflowFailException"}
 # What the index shows of a run folder without run.json (a run going on, or cut short)
@@ -81,9 +83,11 @@ def record_failure(context: dict[str, Any]) -> None:
     """``on_failure_callback`` of the DAG's tasks: the failed task and its message, for the run
     record (the last task reads them; a task's log is not a page a person browses)."""
     ti = context["ti"]
-    map_index = getattr(ti, "map_index", -1)
+    map_index = getattr(ti, "map_index", None)
+    map_index = -1 if map_index is None else map_index
     entry = {
         "task": ti.task_id,
+        "map_index": map_index,
         "file": getattr(ti, "rendered_map_index", None) if map_index >= 0 else None,
         "message": _message(context.get("exception")),
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -96,7 +100,9 @@ def record_failure(context: dict[str, Any]) -> None:
 
 def _message(error: BaseException | str | None) -> str:
     if error is None:
-        return "(no message)"
+        return NO_MESSAGE
+    if getattr(error, "ename", None):  # a notebook's error: its own line, not the traceback
+        return f"{error.ename}: {error.evalue}"[:MESSAGE_CHARS]
     text = str(error).strip() or type(error).__name__
     name = type(error).__name__
     if isinstance(error, BaseException) and name not in text and name not in QUIET_ERRORS:
@@ -105,16 +111,24 @@ def _message(error: BaseException | str | None) -> str:
 
 
 def failures(output_dir: Path) -> list[dict[str, Any]]:
-    """The failed tasks of a run, as their callbacks recorded them (the last of each task)."""
+    """The failed tasks of a run, as their callbacks recorded them (the last of each task
+    instance; a line cut short by a killed process is skipped)."""
     path = output_dir / FAILURES
     if not path.exists():
         return []
-    latest: dict[tuple, dict] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
+    latest: dict[str, dict] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
             entry = json.loads(line)
-            latest[(entry["task"], entry.get("file"))] = entry
+        except ValueError:
+            continue
+        latest[task_key(entry["task"], entry.get("map_index", -1))] = entry
     return list(latest.values())
+
+
+def task_key(task_id: str, map_index: int = -1) -> str:
+    """How Airflow's task states name a task instance: ``<task_id>_<map index>`` if mapped."""
+    return task_id if map_index < 0 else f"{task_id}_{map_index}"
 
 
 def write_record(output_dir: Path, record: dict[str, Any]) -> Path:
@@ -126,9 +140,17 @@ def write_record(output_dir: Path, record: dict[str, Any]) -> Path:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    """Readers see the old file or the new one, never half of one; two writers (two runs, a
+    run and `make report`) each write their own temporary file."""
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(partial, 0o644)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 # -- the index ------------------------------------------------------------------------------
@@ -141,9 +163,9 @@ def runs(outputs_dir: Path = OUTPUTS_DIR) -> list[dict[str, Any]]:
     for folder in (p for p in outputs_dir.iterdir() if p.is_dir()):
         notebooks = sorted(folder.glob("*.ipynb"))
         record_path = folder / RUN_RECORD
-        if not notebooks and not record_path.exists():
+        if not notebooks and not record_path.exists() and not (folder / FAILURES).exists():
             continue
-        record = json.loads(record_path.read_text()) if record_path.exists() else {}
+        record = _read_record(record_path)
         for key, value in EMPTY_RECORD.items():
             record.setdefault(key, value)
         record.setdefault("run_id", folder.name)
@@ -160,6 +182,13 @@ def runs(outputs_dir: Path = OUTPUTS_DIR) -> list[dict[str, Any]]:
         ]
         listed.append(record)
     return sorted(listed, key=lambda r: str(r["started_at"]), reverse=True)
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or unreadable: listed with what the folder holds
+        return {}
 
 
 def build_index(outputs_dir: Path = OUTPUTS_DIR) -> Path:

@@ -28,7 +28,7 @@ def publish_checks(db: Engine, run_id: str) -> pd.DataFrame:
     with db.connect() as conn:
         checks = conn.execute(
             text(
-                "select details ->> 'checks' from audit.run_log "
+                "select coalesce(details ->> 'checks', '[]') from audit.run_log "  # [] before 039
                 "where run_id = :r and step = 'publish' and status = 'success'"
             ),
             {"r": run_id},

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
-import re
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +29,7 @@ from medallion.settings import (
 )
 
 DAG_ID = "medallion_ventas"
+log = logging.getLogger(__name__)
 AIRFLOW_HOME = LOCAL_DIR / "airflow"
 
 
@@ -120,24 +121,33 @@ def close_run(
     run: dict[str, Any] | None,
     deliveries: list[dict[str, Any]] | None,
     task_states: dict[str, str],
+    connect: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """The end of every run, whatever came before: its files closed in the ledger, then its
-    record in ``outputs/<run>/`` (``run.json``, each executed notebook as HTML) and the runs'
-    index. ``failed`` > 0 when a file or a task failed; ``message`` says which and why."""
+    """The end of every run, whatever came before: its files closed in the ledger (after
+    ``connect`` resolved the run's connections), then its record in ``outputs/<run>/``
+    (``run.json``, each executed notebook as HTML) and the runs' index. ``failed`` > 0 when a
+    file or a task failed; ``message`` says which and why. The record is written even when the
+    ledger cannot be closed; a problem with the record itself is logged, never raised."""
     failed_tasks = sorted(t for t, state in task_states.items() if state == "failed")
     result: dict[str, Any] = {"loaded": 0, "failed": 0, "skipped": 0, "message": ""}
     try:
         if run is None or deliveries is None:
             result.update(failed=1, message="The run stopped before its files were known.")
         else:
+            if connect is not None:
+                connect(run["notebook_parameters"])
             result = finish_run(run, deliveries, task_states)
-        if failed_tasks and not result["failed"]:
-            result.update(failed=len(failed_tasks), message="failed: " + ", ".join(failed_tasks))
-    except Exception as err:  # the ledger could not be closed: still leave the record
+        if failed_tasks:
+            tasks = "failed: " + ", ".join(failed_tasks)
+            result.update(
+                failed=result["failed"] or len(failed_tasks),
+                message=f"{result['message']}\n{tasks}" if result["failed"] else tasks,
+            )
+    except Exception as err:  # the ledger could not be closed: the record says so, and why
         result.update(failed=result["failed"] or 1, message=f"{type(err).__name__}: {err}")
-        raise
-    finally:
         _write_record(run_id, started_at, run, failed_tasks, result)
+        raise
+    _write_record(run_id, started_at, run, failed_tasks, result)
     return result
 
 
@@ -148,8 +158,8 @@ def _write_record(
     failed_tasks: list[str],
     result: dict[str, Any],
 ) -> None:
-    """``run.json``, the notebooks' HTML and the index; what the warehouse cannot tell (it is
-    down) is left out, and the record says so."""
+    """``run.json``, the notebooks' HTML and the index. What cannot be had (the warehouse is
+    down, a notebook cannot be rendered) is left out and the record says what and why."""
     output_dir = report.run_dir(run_id)
     finished = datetime.now(UTC)
     record: dict[str, Any] = {
@@ -159,29 +169,43 @@ def _write_record(
         "duration_s": round((finished - started_at).total_seconds(), 1) if started_at else None,
         "status": "failed" if result["failed"] else "success",
         "message": result["message"],
+        "failed": _failed_tasks(output_dir, failed_tasks),
+        "record_errors": [],
     }
-    recorded = report.failures(output_dir)
-    record["failed"] = recorded + [
-        {"task": t, "file": None, "message": notebook_error_of(output_dir, t) or "(no message)"}
-        for t in failed_tasks
-        if not any(_same_task(f["task"], t) for f in recorded)
-    ]
     if run is not None:
         try:
             record.update(_counts(run["notebook_parameters"]["postgres_conn_id"], run_id))
         except Exception as err:  # noqa: BLE001 - the record is written anyway
-            record["counts_error"] = f"{type(err).__name__}: {err}"
-    report.write_record(output_dir, record)
-    report.render_run(output_dir)
-    report.build_index(output_dir.parent)
-    if run is not None and "counts_error" not in record:  # what the record cost (make bench)
-        conn_id = run["notebook_parameters"]["postgres_conn_id"]
-        warehouse.log_metrics(warehouse.engine(conn_id), run_id, "record", finished)
+            record["record_errors"].append(f"counts: {type(err).__name__}: {err}")
+    try:
+        report.render_run(output_dir)
+    except Exception as err:  # noqa: BLE001 - a notebook that cannot be rendered stays .ipynb
+        record["record_errors"].append(f"html: {type(err).__name__}: {err}")
+    try:
+        report.write_record(output_dir, record)
+        report.build_index(output_dir.parent)
+        if run is not None and not record["record_errors"]:  # what it cost (make bench)
+            conn_id = run["notebook_parameters"]["postgres_conn_id"]
+            warehouse.log_metrics(warehouse.engine(conn_id), run_id, "record", finished)
+    except Exception:  # the run's outcome stands; the record's problem goes to the task log
+        log.exception("The record of run %s is incomplete (make report rebuilds it)", run_id)
 
 
-def _same_task(task_id: str, state_key: str) -> bool:
-    """Airflow's task states name a mapped task instance ``<task_id>_<map index>``."""
-    return state_key == task_id or re.fullmatch(re.escape(task_id) + r"_\d+", state_key) is not None
+def _failed_tasks(output_dir: Path, failed_tasks: list[str]) -> list[dict[str, Any]]:
+    """Each task instance that failed in this attempt of the run, with its message: as its
+    failure callback recorded it (older entries of a cleared and re-run task are left out),
+    else the error its notebook stopped on."""
+    recorded = {
+        report.task_key(f["task"], f.get("map_index", -1)): f for f in report.failures(output_dir)
+    }
+    failed = []
+    for key in failed_tasks:
+        entry = dict(recorded.get(key) or {"task": key, "file": None, "message": report.NO_MESSAGE})
+        if entry["message"] == report.NO_MESSAGE:  # e.g. a task killed from outside
+            error = notebook_error_of(output_dir, entry["task"], entry.get("file"))
+            entry["message"] = error or report.NO_MESSAGE
+        failed.append(entry)
+    return failed
 
 
 def _counts(conn_id: str, run_id: str) -> dict[str, Any]:
@@ -220,11 +244,12 @@ def _delivery_status(eng, run_id: str, file_name: str) -> str | None:
         ).scalar_one_or_none()
 
 
-def notebook_error_of(output_dir: Path, task_id: str) -> str | None:
-    """The error of a failed notebook task's executed copy (``files.02_silver_clean`` ->
-    ``02_silver_clean__*.ipynb``), if it stopped on one."""
-    name = re.sub(r"_\d+$", "", task_id.rsplit(".", 1)[-1])  # a mapped task: '<id>_<index>'
-    for path in sorted(output_dir.glob(f"{name}*.ipynb")):
+def notebook_error_of(output_dir: Path, task_id: str, file_name: str | None = None) -> str | None:
+    """The error of a failed notebook task's executed copy (``files.02_silver_clean`` and its
+    file -> ``02_silver_clean__<file>.ipynb``), if it stopped on one."""
+    name = task_id.rsplit(".", 1)[-1]
+    pattern = f"{name}__{run_slug(file_name)}.ipynb" if file_name else f"{name}*.ipynb"
+    for path in sorted(output_dir.glob(pattern)):
         if error := notebook_error(path):
             return error
     return None
@@ -395,9 +420,11 @@ def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
 
 def notebook_error(path: Path) -> str | None:
     """The error an executed notebook stopped on ('<ename>: <evalue>'), if any."""
-    if not path.exists():
+    try:
+        cells = json.loads(path.read_text()).get("cells", [])
+    except (OSError, ValueError):  # none, or cut short by a killed process
         return None
-    for cell in json.loads(path.read_text()).get("cells", []):
+    for cell in cells:
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
                 return f"{output['ename']}: {output['evalue']}"

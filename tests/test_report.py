@@ -79,16 +79,57 @@ def test_the_index_lists_runs_newest_first_with_or_without_their_record(tmp_path
     assert "&lt;b&gt;bad&lt;/b&gt;" in page  # messages are text, never markup
 
 
-def test_failures_keep_the_last_message_of_each_task(tmp_path):
+def test_failures_keep_the_last_message_of_each_task_instance(tmp_path):
     lines = [
-        {"task": "merge_staging", "file": None, "message": "first"},
-        {"task": "files.02_silver_clean", "file": "a.csv", "message": "a"},
-        {"task": "files.02_silver_clean", "file": "b.csv", "message": "b"},
-        {"task": "merge_staging", "file": None, "message": "after a clear"},
+        {"task": "merge_staging", "map_index": -1, "message": "first"},
+        {"task": "files.02_silver_clean", "map_index": 0, "file": "a.csv", "message": "a"},
+        {"task": "files.02_silver_clean", "map_index": 1, "file": "b.csv", "message": "b"},
+        {"task": "merge_staging", "map_index": -1, "message": "after a clear"},
+    ]
+    text = "".join(json.dumps(x) + "\n" for x in lines) + '{"task": "cut sho'  # a killed writer
+    (tmp_path / report.FAILURES).write_text(text)
+    assert {report.task_key(f["task"], f["map_index"]): f["message"]
+            for f in report.failures(tmp_path)} == {
+        "merge_staging": "after a clear",
+        "files.02_silver_clean_0": "a",
+        "files.02_silver_clean_1": "b",
+    }  # fmt: skip
+
+
+def test_a_notebook_error_is_recorded_by_its_own_line_not_its_traceback():
+    from papermill.exceptions import PapermillExecutionError
+
+    error = PapermillExecutionError(
+        cell_index=3, exec_count=3, source="x", ename="KeyError", evalue="'sales'",
+        traceback=["Traceback (most recent call last):"] + ["  frame"] * 500,
+    )  # fmt: skip
+    assert report._message(error) == "KeyError: 'sales'"
+    assert report._message(RuntimeError("S3 down")) == "RuntimeError: S3 down"
+    assert report._message(None) == report.NO_MESSAGE
+
+
+def test_only_the_task_instances_failed_now_are_in_the_record(tmp_path):
+    """A cleared and re-run task that now succeeds leaves its old failure out; a failure the
+    callback could not record (a killed task) is told by its notebook's error."""
+    from medallion.runs import _failed_tasks
+
+    lines = [
+        {"task": "merge_staging", "map_index": -1, "message": "lock timeout"},  # then succeeded
+        {"task": "files.02_silver_clean", "map_index": 1, "file": "b.csv", "message": "bad b"},
     ]
     (tmp_path / report.FAILURES).write_text("".join(json.dumps(x) + "\n" for x in lines))
-    assert {(f["task"], f["file"]): f["message"] for f in report.failures(tmp_path)} == {
-        ("merge_staging", None): "after a clear",
-        ("files.02_silver_clean", "a.csv"): "a",
-        ("files.02_silver_clean", "b.csv"): "b",
-    }
+    executed_notebook(tmp_path / "03_gold_model.ipynb", error="no silver rows")
+    failed = _failed_tasks(tmp_path, ["03_gold_model", "files.02_silver_clean_1"])
+    assert [(f["task"], f["message"]) for f in failed] == [
+        ("03_gold_model", "FileRejected: no silver rows"),
+        ("files.02_silver_clean", "bad b"),
+    ]
+
+
+def test_a_record_that_cannot_be_read_does_not_break_the_index(tmp_path):
+    folder = tmp_path / "manual__3"
+    folder.mkdir()
+    (folder / report.RUN_RECORD).write_text('{"run_id": "manual__3", "sta')  # cut short
+    (folder / report.FAILURES).write_text("not json\n")
+    page = report.build_index(tmp_path).read_text()
+    assert 'data-run-id="manual__3" data-status="unknown"' in page
