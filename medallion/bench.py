@@ -108,11 +108,9 @@ def _fact_merge(eng, run_id: str) -> dict:
 
 
 def _psql() -> str:
-    from importlib.util import find_spec
+    from medallion.cli import psql_binary
 
-    spec = find_spec("pgserver")
-    bundled = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / "psql"
-    return str(bundled) if bundled.exists() else "psql"
+    return psql_binary() or "psql"
 
 
 def ceiling(eng, run_id: str, params: dict) -> dict:

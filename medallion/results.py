@@ -103,23 +103,21 @@ def sales_by_region_and_segment(db: Engine) -> pd.DataFrame:
 
 
 def top_products(db: Engine, n: int = 10) -> pd.DataFrame:
-    return _frame(
-        db,
-        """select product_id, max(product_name) as product_name, sum(sales)::float8 as sales,
-                  sum(profit)::float8 as profit
-           from staging.vw_operaciones_ventas group by product_id
-           order by sum(sales) desc, product_id limit :n""",
-        n=n,
-    )
+    return _top(db, "product_id", "product_name", n)
 
 
 def top_customers(db: Engine, n: int = 10) -> pd.DataFrame:
+    return _top(db, "customer_id", "customer_name", n)
+
+
+def _top(db: Engine, key: str, name: str, n: int) -> pd.DataFrame:
+    """The ``n`` keys with the most sales: key, name, sales, profit."""
     return _frame(
         db,
-        """select customer_id, max(customer_name) as customer_name, sum(sales)::float8 as sales,
-                  sum(profit)::float8 as profit
-           from staging.vw_operaciones_ventas group by customer_id
-           order by sum(sales) desc, customer_id limit :n""",
+        f"""select {key}, max({name}) as {name}, sum(sales)::float8 as sales,
+                   sum(profit)::float8 as profit
+            from staging.vw_operaciones_ventas group by {key}
+            order by sum(sales) desc, {key} limit :n""",  # noqa: S608 - our column names
         n=n,
     )
 
