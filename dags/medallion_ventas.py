@@ -23,8 +23,7 @@ Sales files (CSV/JSON) -> bronze -> silver -> gold -> PostgreSQL star schema.
 **Params** (also `dag_run.conf`): `input_path` (file or folder; default from the parameter
 set), `params_env` (`local` or `docker`; default Variable `medallion_params_env`, else
 `local`), `minio_conn_id` / `postgres_conn_id` (default from the parameter set),
-`reprocess` (load files the ledger already has), `scd_type_cliente` (1 or 2),
-`merge_strategy` (`auto`, `merge`, `upsert`).
+`reprocess` (load files the ledger already has), `scd_type_cliente` (1 or 2).
 **Schedule**: none, or the cron in the environment variable `MEDALLION_SCHEDULE` (each run
 then takes what is new in the input folder).
 """
@@ -83,11 +82,6 @@ with DAG(
         "postgres_conn_id": Param(None, type=["null", "string"], description="Warehouse id"),
         "reprocess": Param(False, type="boolean", description="Load already loaded files too"),
         "scd_type_cliente": Param(1, enum=[1, 2], description="dim_cliente: SCD type 1 or 2"),
-        "merge_strategy": Param(
-            "auto",
-            enum=["auto", "merge", "upsert"],
-            description="auto: MERGE on PostgreSQL >= 15, INSERT ... ON CONFLICT before",
-        ),
     },
     render_template_as_native_obj=True,
 ) as dag:
@@ -182,7 +176,6 @@ with DAG(
         parameters={
             "run_id": "{{ run_id }}",
             "scd_type": "{{ params.scd_type_cliente }}",
-            "strategy": "{{ params.merge_strategy }}",
         },
         outlets=[WAREHOUSE],
     )

@@ -104,7 +104,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         "input_path": os.path.abspath(args.input),
         "reprocess": args.reprocess,
         "scd_type_cliente": args.scd_type_cliente,
-        "merge_strategy": args.merge_strategy,
     }
     log_file = LOCAL_DIR / "airflow" / "last_run.log"
     print(f"ejecutando el DAG medallion_ventas (log de Airflow: {log_file}) ...", flush=True)
@@ -240,7 +239,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--params-env", default="local")
     run.add_argument("--scd-type-cliente", type=int, choices=[1, 2], default=1)
-    run.add_argument("--merge-strategy", choices=["auto", "merge", "upsert"], default="auto")
     run.set_defaults(func=cmd_run)
     svc = sub.add_parser("services", help="embedded S3 + PostgreSQL")
     svc.add_argument("action", choices=["start", "stop", "status"])
@@ -264,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.func is cmd_psql:
             return cmd_psql(args, rest[1:] if rest[:1] == ["--"] else rest)
         return args.func(args)
-    except (ServiceUnavailable, services.ServiceError) as err:
+    except (ServiceUnavailable, services.ServiceError, warehouse.UnsupportedServer) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

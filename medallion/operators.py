@@ -37,7 +37,7 @@ DATA_ERRORS = {"InputFileError", "FileRejected"}
 # run's transit rows go, and VACUUM gives their space back at once (so that the next run does
 # not scan millions of dead rows).
 PUBLISH_SQL = [
-    "call staging.sp_merge_operaciones_ventas(%(run_id)s, %(scd_type)s, %(strategy)s)",
+    "call staging.sp_merge_operaciones_ventas(%(run_id)s, %(scd_type)s)",
     "call staging.sp_clear_transit(%(run_id)s)",
     "vacuum public.bulk_fact_operaciones_ventas, public.bulk_dim_cliente, "
     "public.bulk_dim_inventario",

@@ -92,12 +92,12 @@ def reload_missing(parameters: Mapping[str, Any]) -> dict[str, int]:
     )
 
 
-def publish(db: Engine, run_id: str, scd_type: int = 1, strategy: str = "auto") -> None:
+def publish(db: Engine, run_id: str, scd_type: int = 1) -> None:
     """Publish a run outside Airflow (JupyterLab after notebook 04, the notebook checks): the
     same statements as the DAG's ``merge_staging`` task, on one autocommit connection."""
     from medallion.operators import PUBLISH_SQL
 
-    parameters = {"run_id": run_id, "scd_type": scd_type, "strategy": strategy}
+    parameters = {"run_id": run_id, "scd_type": scd_type}
     connection = db.raw_connection()
     try:
         connection.driver_connection.autocommit = True  # VACUUM runs outside a transaction

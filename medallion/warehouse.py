@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -100,8 +99,12 @@ def transaction(eng: Engine) -> Iterator[SAConnection]:
         yield conn
 
 
-_REQUIRES = re.compile(r"^-- requires: server_version_num >= (\d+)", re.M)
 MIGRATIONS = "000_schema_migrations.sql"  # applied first, always: the record of the others
+MIN_SERVER_VERSION = 150000  # PostgreSQL 15: MERGE (14 reached its end of life in November 2026)
+
+
+class UnsupportedServer(RuntimeError):
+    """The warehouse's PostgreSQL is older than the pipeline supports."""
 
 
 def apply_sql(eng: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
@@ -109,25 +112,28 @@ def apply_sql(eng: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
     later file may depend on it: a view's ``select *``), and record each one's checksum in
     ``audit.schema_migrations``; when nothing changed nothing is applied, so a bootstrap does
     not touch tables that other runs are using. Every file is idempotent (an old database
-    without the record gets them all once). A file whose first lines say
-    ``-- requires: server_version_num >= N`` is skipped on older servers."""
+    without the record gets them all once). A server older than PostgreSQL 15 is refused
+    before anything is applied."""
     applied = []
     with transaction(eng) as conn, conn.connection.driver_connection.cursor() as cur:
+        cur.execute("select current_setting('server_version_num')::int, version()")
+        version, description = cur.fetchone()
+        if version < MIN_SERVER_VERSION:
+            raise UnsupportedServer(
+                f"PostgreSQL 15 or newer is required (MERGE); the warehouse runs "
+                f"{description.split(',')[0]}. Upgrade it, or point postgres_conn_id elsewhere."
+            )
         # Serialise concurrent bootstraps (two runs starting at once).
         cur.execute("select pg_advisory_xact_lock(hashtext('medallion.apply_sql'))")
         cur.execute((sql_dir / MIGRATIONS).read_text())
-        cur.execute("select current_setting('server_version_num')::int")
-        version = cur.fetchone()[0]
         cur.execute("select file_name, sha256 from audit.schema_migrations")
         recorded = dict(cur.fetchall())
-        for path in sorted(sql_dir.glob("[0-9][0-9][0-9]_*.sql")):
+        files = sorted(sql_dir.glob("[0-9][0-9][0-9]_*.sql"))
+        for path in files:
             sql_text = path.read_text()
             checksum = hashlib.sha256(sql_text.encode()).hexdigest()
-            needed = _REQUIRES.search(sql_text)
             if path.name == MIGRATIONS or (recorded.get(path.name) == checksum and not applied):
                 continue  # unchanged, and nothing before it changed
-            if needed and version < int(needed.group(1)):
-                continue  # e.g. MERGE procedures on PostgreSQL < 15: the upsert ones are used
             cur.execute(sql_text)  # no parameters: '%' in the files stays literal
             cur.execute(
                 "insert into audit.schema_migrations (file_name, sha256) values (%s, %s) "
@@ -136,6 +142,11 @@ def apply_sql(eng: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
                 (path.name, checksum),
             )
             applied.append(path.name)
+        # files that left sql/ (their objects are dropped by the files that replaced them)
+        cur.execute(
+            "delete from audit.schema_migrations where file_name <> all(%s)",
+            ([p.name for p in files],),
+        )
     return applied
 
 

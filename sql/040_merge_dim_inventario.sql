@@ -1,4 +1,3 @@
--- requires: server_version_num >= 150000 (MERGE); older servers use upsert_dim_inventario.
 -- Products of a run: insert new ones, update those whose attributes changed, but only from an
 -- order at least as recent as the one the current attributes came from (latest order wins).
 create or replace procedure staging.merge_dim_inventario(

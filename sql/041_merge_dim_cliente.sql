@@ -1,4 +1,3 @@
--- requires: server_version_num >= 150000 (MERGE); older servers use upsert_dim_cliente.
 -- Customers of a run, SCD type 1: one current row per customer, overwritten when its
 -- attributes change (from an order at least as recent as the current one's).
 create or replace procedure staging.merge_dim_cliente(

@@ -1,6 +1,5 @@
--- requires: server_version_num >= 150000 (MERGE); older servers use
--- upsert_fact_operaciones_ventas. Lines of a run: insert new line keys, update lines whose
--- values changed (a corrected line); lineage columns alone are not a change.
+-- Lines of a run: insert new line keys, update lines whose values changed (a corrected line);
+-- lineage columns alone are not a change.
 create or replace procedure staging.merge_fact_operaciones_ventas(
     p_run_id text, inout p_inserted bigint default null, inout p_updated bigint default null
 )

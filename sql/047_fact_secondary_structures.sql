@@ -6,8 +6,8 @@
 -- costs two lookups per inserted line (about 10 s per million lines measured here) and a
 -- primary key grown line by line in random order costs about 3.5 s per million more than one
 -- built at once, while building them afterwards checks every line in one pass (a duplicate line
--- key or a missing dimension member fails the merge, which rolls back). The primary key stays
--- for INSERT ... ON CONFLICT, which needs it. Until the merge commits, the fact is locked.
+-- key or a missing dimension member fails the merge, which rolls back). Until the merge commits,
+-- the fact is locked.
 drop procedure if exists staging.fact_secondary_structures(boolean);
 
 create or replace procedure staging.fact_secondary_structures(

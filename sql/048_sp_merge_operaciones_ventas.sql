@@ -10,27 +10,28 @@
 --   merge task reloads the rows from gold before it calls the merge again;
 -- * sources are the *_latest views: one row per key, so no target row is met twice;
 -- * only rows whose values changed are updated (IS DISTINCT FROM): a re-run changes nothing;
--- * MERGE on PostgreSQL >= 15, INSERT ... ON CONFLICT before (or with p_strategy => 'upsert');
 -- * dim_cliente as SCD type 1 (default) or 2 (p_scd_type => 2);
 -- * inserted / updated / unchanged per table go to audit.run_log;
 -- * a delivery of at least p_bulk_min_lines lines and a fifth of the fact (a first load, a
---   reload) is merged without the fact's foreign keys, their indexes and (with MERGE) its
---   primary key, which are built again, and validated in one pass, before the procedure ends
+--   reload) is merged without the fact's primary key, foreign keys and their indexes, which
+--   are built again, and validated in one pass, before the procedure ends
 --   (staging.fact_secondary_structures).
+-- MERGE needs PostgreSQL 15 or newer (medallion.warehouse.apply_sql refuses older servers).
 -- The run's transit rows stay until the commit: staging.sp_clear_transit removes them after it.
 drop procedure if exists staging.sp_merge_operaciones_ventas(text);
 drop procedure if exists staging.sp_merge_operaciones_ventas(text, int, text);
+drop procedure if exists staging.sp_merge_operaciones_ventas(text, int, text, bigint);
+-- the INSERT ... ON CONFLICT twins of the MERGE procedures, for PostgreSQL < 15 (gone)
+drop procedure if exists staging.upsert_dim_inventario(text, bigint, bigint);
+drop procedure if exists staging.upsert_dim_cliente(text, bigint, bigint);
+drop procedure if exists staging.upsert_fact_operaciones_ventas(text, bigint, bigint);
 
 create or replace procedure staging.sp_merge_operaciones_ventas(
-    p_run_id text, p_scd_type int default 1, p_strategy text default null,
-    p_bulk_min_lines bigint default 500000
+    p_run_id text, p_scd_type int default 1, p_bulk_min_lines bigint default 500000
 )
 language plpgsql
 as $$
 declare
-    v_strategy text := coalesce(nullif(p_strategy, 'auto'),
-        case when current_setting('server_version_num')::int >= 150000 then 'merge'
-             else 'upsert' end);
     v_table    text;
     v_source   bigint;
     v_inserted bigint;
@@ -43,9 +44,9 @@ begin
     if p_run_id is null or p_run_id = '' then
         raise exception 'sp_merge_operaciones_ventas: a run id is required';
     end if;
-    if v_strategy not in ('merge', 'upsert') or coalesce(p_scd_type, 0) not in (1, 2) then
-        raise exception 'sp_merge_operaciones_ventas: strategy must be merge, upsert or auto '
-                        'and scd type 1 or 2 (got %, %)', p_strategy, p_scd_type;
+    if coalesce(p_scd_type, 0) not in (1, 2) then
+        raise exception 'sp_merge_operaciones_ventas: scd type must be 1 or 2 (got %)',
+                        p_scd_type;
     end if;
     -- waiting for another run's merge is expected (a large one takes minutes): longer than
     -- the session's lock_timeout, which then applies again to everything else
@@ -84,16 +85,13 @@ begin
             v_bulk := v_table = 'fact_operaciones_ventas' and v_source >= p_bulk_min_lines
                       and v_source * 5 >= (select greatest(reltuples, 0) from pg_class
                                            where oid = 'staging.fact_operaciones_ventas'::regclass);
-            if v_bulk then  -- ON CONFLICT (upsert) needs the primary key: MERGE does not
-                call staging.fact_secondary_structures(false, v_strategy = 'merge');
+            if v_bulk then
+                call staging.fact_secondary_structures(false, true);
             end if;
             if v_table = 'dim_cliente' and p_scd_type = 2 then
                 call staging.scd2_dim_cliente(p_run_id, v_inserted, v_updated);
-            elsif v_strategy = 'merge' then
-                execute format('call staging.%I($1, null, null)', 'merge_' || v_table)
-                    into v_inserted, v_updated using p_run_id;
             else
-                execute format('call staging.%I($1, null, null)', 'upsert_' || v_table)
+                execute format('call staging.%I($1, null, null)', 'merge_' || v_table)
                     into v_inserted, v_updated using p_run_id;
             end if;
             if v_bulk then
@@ -103,8 +101,8 @@ begin
                                     v_source - v_inserted - v_updated, v_started,
                                     case when v_table = 'dim_cliente' and p_scd_type = 2
                                          then 'scd2'
-                                         when v_bulk then v_strategy || ' (bulk)'
-                                         else v_strategy end);
+                                         when v_bulk then 'merge (bulk)'
+                                         else 'merge' end);
         end loop;
         call staging.sp_publish_gate(p_run_id);
     exception when others then

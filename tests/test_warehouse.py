@@ -17,8 +17,6 @@ from sqlalchemy.exc import DBAPIError
 
 from medallion import warehouse
 
-STRATEGIES = ["merge", "upsert"]  # upsert: the INSERT ... ON CONFLICT path of PostgreSQL < 15
-
 
 class Delivery:
     """A run's transit rows, built like gold would build them."""
@@ -116,7 +114,6 @@ class Delivery:
 def merge(
     db,
     run_id: str,
-    strategy: str | None = None,
     scd_type: int = 1,
     bulk_min: int = 500_000,
     clear_after: bool = True,
@@ -125,8 +122,8 @@ def merge(
     in one transaction, then the removal of its transit rows."""
     with warehouse.transaction(db) as conn:
         conn.execute(
-            text("call staging.sp_merge_operaciones_ventas(:r, :s, :t, :b)"),
-            {"r": run_id, "s": scd_type, "t": strategy, "b": bulk_min},
+            text("call staging.sp_merge_operaciones_ventas(:r, :s, :b)"),
+            {"r": run_id, "s": scd_type, "b": bulk_min},
         )
     if clear_after:
         clear(db, run_id)
@@ -269,11 +266,10 @@ def test_load_run_failing_batch_leaves_nothing_of_the_run(db):
     assert rows == 0
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_insert_then_rerun_changes_nothing_then_corrections_update(db, strategy):
+def test_insert_then_rerun_changes_nothing_then_corrections_update(db):
     p = new_prefix()
     first = Delivery(p, f"{p}-r1").line(1).line(2).line(3, customer="C2", name="Luis").load(db)
-    assert merge(db, first.run_id, strategy) == {
+    assert merge(db, first.run_id) == {
         "dim_inventario": {"inserted": 1, "updated": 0, "unchanged": 0},
         "dim_cliente": {"inserted": 2, "updated": 0, "unchanged": 0},
         "fact_operaciones_ventas": {"inserted": 3, "updated": 0, "unchanged": 0},
@@ -286,7 +282,7 @@ def test_insert_then_rerun_changes_nothing_then_corrections_update(db, strategy)
     )
 
     again = Delivery(p, f"{p}-r2").line(1).line(2).line(3, customer="C2", name="Luis").load(db)
-    assert merge(db, again.run_id, strategy)["fact_operaciones_ventas"] == {
+    assert merge(db, again.run_id)["fact_operaciones_ventas"] == {
         "inserted": 0,
         "updated": 0,
         "unchanged": 3,
@@ -299,7 +295,7 @@ def test_insert_then_rerun_changes_nothing_then_corrections_update(db, strategy)
         .line(4, customer="C3", name="Eva")
         .load(db)
     )
-    result = merge(db, fix.run_id, strategy)
+    result = merge(db, fix.run_id)
     assert result["fact_operaciones_ventas"] == {"inserted": 1, "updated": 1, "unchanged": 0}
     assert result["dim_cliente"] == {"inserted": 1, "updated": 1, "unchanged": 0}
     assert scalar(
@@ -345,8 +341,7 @@ FACT_INDEXES = (
 )
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_bulk_merge_gives_the_same_result_and_restores_keys_and_indexes(db, strategy):
+def test_bulk_merge_gives_the_same_result_and_restores_keys_and_indexes(db):
     with warehouse.transaction(db) as conn:
         conn.execute(text("analyze staging.fact_operaciones_ventas"))
     facts = scalar(
@@ -360,7 +355,7 @@ def test_bulk_merge_gives_the_same_result_and_restores_keys_and_indexes(db, stra
     for i in range(1, lines + 1):
         delivery.line(i, customer=f"C{i % 3}", name=f"Cliente {i % 3}")
     delivery.load(db)
-    assert merge(db, delivery.run_id, strategy, bulk_min=5)["fact_operaciones_ventas"] == {
+    assert merge(db, delivery.run_id, bulk_min=5)["fact_operaciones_ventas"] == {
         "inserted": lines,
         "updated": 0,
         "unchanged": 0,
@@ -398,11 +393,10 @@ def test_bulk_merge_gives_the_same_result_and_restores_keys_and_indexes(db, stra
             )
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_duplicate_keys_in_transit_merge_once_the_latest_wins(db, strategy):
+def test_duplicate_keys_in_transit_merge_once_the_latest_wins(db):
     p = new_prefix()
     run = Delivery(p, f"{p}-r1").line(1, quantity=1).line(1, quantity=7).load(db)
-    assert merge(db, run.run_id, strategy)["fact_operaciones_ventas"]["inserted"] == 1
+    assert merge(db, run.run_id)["fact_operaciones_ventas"]["inserted"] == 1
     assert (
         scalar(
             db,
@@ -699,3 +693,13 @@ def test_pipeline_sessions_carry_the_limits(db):
         "statement_timeout": "1h",
         "idle_in_transaction_session_timeout": "15min",
     }
+
+
+def test_a_server_older_than_postgresql_15_is_refused_before_anything_is_applied(db, monkeypatch):
+    """MERGE needs PostgreSQL 15: an older server gets one clear error and an untouched
+    database (here the real server, with the bar raised above its version)."""
+    applied_before = scalar(db, "select max(applied_at) from audit.schema_migrations")
+    monkeypatch.setattr(warehouse, "MIN_SERVER_VERSION", 10_000_000)
+    with pytest.raises(warehouse.UnsupportedServer, match=r"PostgreSQL 15 or newer is required"):
+        warehouse.apply_sql(db)
+    assert scalar(db, "select max(applied_at) from audit.schema_migrations") == applied_before
