@@ -30,7 +30,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowFailException
 from papermill.exceptions import PapermillExecutionError
 
-from medallion.settings import WAREHOUSE_SESSION, env_var_name
+from medallion.settings import TRANSIT_TABLES, WAREHOUSE_SESSION, env_var_name
 
 DATA_ERRORS = {"InputFileError", "FileRejected"}
 # Publishing a run: the merge and the publish gate in one transaction; after the commit the
@@ -39,8 +39,7 @@ DATA_ERRORS = {"InputFileError", "FileRejected"}
 PUBLISH_SQL = [
     "call staging.sp_merge_operaciones_ventas(%(run_id)s, %(scd_type)s)",
     "call staging.sp_clear_transit(%(run_id)s)",
-    "vacuum public.bulk_fact_operaciones_ventas, public.bulk_dim_cliente, "
-    "public.bulk_dim_inventario",
+    "vacuum " + ", ".join(f"public.{t}" for t in TRANSIT_TABLES.values()),
 ]
 GATE_FAILED = "MDG01"  # SQLSTATE of a failed publish-gate check (sql/049)
 

@@ -30,6 +30,14 @@ SQL_DIR = PROJECT_ROOT / "sql"
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 OUTPUTS_DIR = Path(os.environ.get("MEDALLION_OUTPUTS_DIR", PROJECT_ROOT / "outputs"))
 
+# Each gold table and its transit table in PostgreSQL (public.bulk_*), dimensions first: the
+# Python side of the list (sql/023 staging.transit_tables() is the SQL side).
+TRANSIT_TABLES = {
+    "dim_inventario": "bulk_dim_inventario",
+    "dim_cliente": "bulk_dim_cliente",
+    "fact_operaciones_ventas": "bulk_fact_operaciones_ventas",
+}
+
 # Limits of every pipeline session in the warehouse (notebooks, Python and SQL tasks): a lock
 # that someone else holds fails the statement after lock_timeout, naming the holder, instead of
 # hanging a run for ever; no statement outlives a task's execution_timeout.

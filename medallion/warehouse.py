@@ -22,13 +22,13 @@ from sqlalchemy import Connection as SAConnection
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 
-from medallion.settings import SQL_DIR, WAREHOUSE_SESSION, Connection, get_connection
-
-TRANSIT_TABLES = {
-    "dim_inventario": "bulk_dim_inventario",
-    "dim_cliente": "bulk_dim_cliente",
-    "fact_operaciones_ventas": "bulk_fact_operaciones_ventas",
-}
+from medallion.settings import (
+    SQL_DIR,
+    TRANSIT_TABLES,  # noqa: F401 - the warehouse's name for it (transit, results, notebook 04)
+    WAREHOUSE_SESSION,
+    Connection,
+    get_connection,
+)
 
 
 def engine(conn_id: str = "postgres_default") -> Engine:

@@ -13,8 +13,7 @@ declare
     v_found    bigint;
     v_short    text[] := '{}';
 begin
-    foreach v_table in array array['bulk_dim_inventario', 'bulk_dim_cliente',
-                                   'bulk_fact_operaciones_ventas'] loop
+    foreach v_table in array staging.transit_tables() loop
         select rows_out into v_expected from audit.run_log
         where run_id = p_run_id and step = 'load' and source = 'public.' || v_table
           and status = 'success';

@@ -69,8 +69,9 @@ begin
     end if;
 
     begin
-        analyze public.bulk_dim_inventario, public.bulk_dim_cliente,
-                public.bulk_fact_operaciones_ventas;
+        foreach v_table in array staging.transit_tables() loop
+            execute format('analyze public.%I', v_table);
+        end loop;
         foreach v_table in array array['dim_inventario', 'dim_cliente',
                                        'fact_operaciones_ventas'] loop
             v_started := clock_timestamp();

@@ -4,13 +4,15 @@
 create or replace procedure staging.sp_clear_transit(p_run_id text)
 language plpgsql
 as $$
+declare
+    v_table text;
 begin
     if not staging.run_published(p_run_id) then
         raise exception 'sp_clear_transit(%): the run is not published; its transit rows are kept',
             p_run_id;
     end if;
-    delete from public.bulk_fact_operaciones_ventas where run_id = p_run_id;
-    delete from public.bulk_dim_cliente where run_id = p_run_id;
-    delete from public.bulk_dim_inventario where run_id = p_run_id;
+    foreach v_table in array staging.transit_tables() loop
+        execute format('delete from public.%I where run_id = $1', v_table) using p_run_id;
+    end loop;
 end;
 $$;

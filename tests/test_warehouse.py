@@ -703,3 +703,16 @@ def test_a_server_older_than_postgresql_15_is_refused_before_anything_is_applied
     with pytest.raises(warehouse.UnsupportedServer, match=r"PostgreSQL 15 or newer is required"):
         warehouse.apply_sql(db)
     assert scalar(db, "select max(applied_at) from audit.schema_migrations") == applied_before
+
+
+def test_the_transit_tables_are_the_same_list_in_python_and_in_sql(db):
+    from medallion.settings import TRANSIT_TABLES
+
+    assert scalar(db, "select staging.transit_tables()") == list(TRANSIT_TABLES.values())
+    for table in TRANSIT_TABLES.values():  # and each one exists, unlogged
+        assert (
+            scalar(
+                db, f"select relpersistence from pg_class where oid = 'public.{table}'::regclass"
+            )
+            == "u"
+        )
