@@ -1,7 +1,10 @@
 -- One transit row per run and line key (the latest load wins: a later delivery corrects an
 -- earlier line), with the surrogate keys of its customer version and product resolved.
 -- A line whose customer or product is missing points at the unknown member (-1).
-create or replace view public.bulk_fact_operaciones_ventas_latest as
+-- Made again each time (b.* is fixed when a view is made: a column added to the transit table
+-- comes with it; nothing depends on this view, the merge names it at run time).
+drop view if exists public.bulk_fact_operaciones_ventas_latest;
+create view public.bulk_fact_operaciones_ventas_latest as
 select b.*,
        coalesce(c.cliente_key, -1)    as cliente_key,
        coalesce(i.inventario_key, -1) as inventario_key

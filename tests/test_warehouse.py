@@ -716,3 +716,42 @@ def test_the_transit_tables_are_the_same_list_in_python_and_in_sql(db):
             )
             == "u"
         )
+
+
+def test_a_new_fact_column_is_merged_without_naming_it_in_the_merge(tmp_path):
+    """Adding a fact column is DDL only (the transit table and the fact, sql/022 and 032): the
+    merge takes it from the catalog, writes it with a new line and counts a change of it as an
+    update. In a database of its own: the shared one keeps the project's schema."""
+    import shutil
+
+    from medallion.settings import SQL_DIR, get_connection
+
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, sql_dir)
+    for name, table in (
+        ("022_bulk_fact_operaciones_ventas.sql", "public.bulk_fact_operaciones_ventas"),
+        ("032_fact_operaciones_ventas.sql", "staging.fact_operaciones_ventas"),
+    ):
+        ddl = sql_dir / name
+        ddl.write_text(
+            ddl.read_text() + f"alter table {table} add column if not exists canal text;\n"
+        )
+    name = f"{get_connection('postgres_default').schema}_column"
+    db = warehouse.engine_for(warehouse.fresh_database("postgres_default", name))
+    try:
+        warehouse.apply_sql(db, sql_dir)
+        p = new_prefix()
+        first = Delivery(p, f"{p}-r1").line(1, canal="web").line(2, canal="web").load(db)
+        assert merge(db, first.run_id)["fact_operaciones_ventas"]["inserted"] == 2
+        moved = Delivery(p, f"{p}-r2").line(1, canal="tienda").line(2, canal="web").load(db)
+        assert merge(db, moved.run_id)["fact_operaciones_ventas"] == {
+            "inserted": 0,
+            "updated": 1,
+            "unchanged": 1,
+        }
+        channels = (
+            "select string_agg(canal, ',' order by line_key) from staging.fact_operaciones_ventas"
+        )
+        assert scalar(db, channels) == "tienda,web"
+    finally:
+        db.dispose()
