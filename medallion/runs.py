@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from medallion import ledger, report, storage, warehouse
+from medallion import ledger, report, results, storage, warehouse
 from medallion.settings import (
     LOCAL_DIR,
     OUTPUTS_DIR,
@@ -211,8 +211,6 @@ def _failed_tasks(output_dir: Path, failed_tasks: list[str]) -> list[dict[str, A
 def _counts(conn_id: str, run_id: str) -> dict[str, Any]:
     """The run's files, lines and merge counts, from the warehouse."""
     import pandas as pd
-
-    from medallion import results
 
     eng = warehouse.engine(conn_id)
     files = results.run_files(eng, run_id)
@@ -464,11 +462,6 @@ def summary(eng, run_id: str) -> dict[str, Any]:
                     where r.run_id = :r and r.step = 'discover' order by r.source"""),
             {"r": run_id},
         ).all()
-        tables = {}
-        for name in (*warehouse.TRANSIT_TABLES, "vw_operaciones_ventas"):  # staging's tables
-            tables[f"staging.{name}"] = conn.execute(
-                text(f"select count(*) from staging.{name}")  # noqa: S608 - fixed names
-            ).scalar_one()
     return {
         "run_id": run_id,
         "deliveries": [
@@ -482,7 +475,7 @@ def summary(eng, run_id: str) -> dict[str, Any]:
         "duplicates_dropped": silver[4],
         "merge": {source: details for source, _, details in merges},
         "publish": publish,
-        "staging_rows": tables,
+        "staging_rows": {t: int(n) for t, n in results.staging_rows(eng).itertuples(index=False)},
         "outputs": str(OUTPUTS_DIR / run_slug(run_id)),
     }
 
