@@ -13,7 +13,7 @@ from urllib.parse import quote, unquote
 from minio import Minio
 
 from medallion import storage
-from medallion.parsing import FOLDER_SUFFIXES, logical_suffix
+from medallion.formats import FOLDER_SUFFIXES, logical_suffix
 from medallion.settings import run_slug
 
 PREFIX = "ventas"

@@ -187,7 +187,7 @@ def _known_encoding(name: str) -> str:
 
 
 def _one_character(delimiter: str) -> str:
-    # Read as parsing.detect_delimiter reads it: '\t' written as backslash + t is the tab.
+    # Read as formats.detect_delimiter reads it: '\t' written as backslash + t is the tab.
     try:
         one = len(delimiter.encode().decode("unicode_escape")) == 1
     except UnicodeDecodeError:

@@ -18,18 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from medallion.contract import Contract
-from medallion.parsing import normalize_amount, parse_dates
+from medallion.values import ValueFormat, normalize_amount, parse_dates
 
-_INTEGER = r"[+]?[0-9]+"  # ASCII digits only (see parsing: no \d)
+_INTEGER = r"[+]?[0-9]+"  # ASCII digits only (see values: no \d)
 _INT64_MAX = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class ValueFormat:
-    """How a file writes numbers and dates (detected once per file)."""
-
-    decimal_separator: str = "."
-    date_format: str = "iso"
 
 
 @dataclass

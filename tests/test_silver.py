@@ -231,7 +231,7 @@ def test_clean_file_through_s3_conserves_every_line(tmp_path, contract, s3, para
 def test_amounts_lose_currency_symbols_and_spaces_but_not_digits():
     import pandas as pd
 
-    from medallion.parsing import normalize_amount
+    from medallion.values import normalize_amount
 
     values = pd.Series(["€ 1.234,50", "1\u00a0234,5", "12,5 EUR", "1.2.3", None], dtype="string")
     text, valid = normalize_amount(values, ",")

@@ -1,0 +1,111 @@
+"""Remembering a file's lines without keeping them: a compact set of 64- and 128-bit siphash
+fingerprints, the contract's line key (a key seen again is a conflict) and exact duplicate
+lines.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+
+
+class Fingerprints:
+    """A set of 64- or 128-bit fingerprints kept as sorted numpy runs: 8 or 16 bytes per entry
+    and no Python objects, so it holds a 10M-line delivery in ~100 MB where a Python set of
+    digests took over a gigabyte. Runs are merged (a linear timsort merge) up to `max_run`
+    entries, which bounds the transient memory of a merge."""
+
+    def __init__(self, max_run: int = 1 << 21):
+        self.max_run = max_run
+        self._runs: list[tuple[np.ndarray, np.ndarray | None]] = []
+
+    def __len__(self) -> int:
+        return sum(len(hi) for hi, _ in self._runs)
+
+    def add(self, hi: np.ndarray, lo: np.ndarray | None = None) -> np.ndarray:
+        """Add fingerprints; True where one was already there (or earlier in this call)."""
+        columns = {"hi": hi} if lo is None else {"hi": hi, "lo": lo}
+        seen = pd.DataFrame(columns).duplicated().to_numpy(copy=True)
+        for run_hi, run_lo in self._runs:
+            at = np.minimum(np.searchsorted(run_hi, hi), len(run_hi) - 1)
+            hit = run_hi[at] == hi
+            if lo is not None and hit.any():
+                hit &= self._same_lo(run_hi, run_lo, at, hi, lo, hit)
+            seen |= hit
+        fresh = ~seen
+        self._push(hi[fresh], None if lo is None else lo[fresh])
+        return seen
+
+    @staticmethod
+    def _same_lo(run_hi, run_lo, at, hi, lo, hit) -> np.ndarray:
+        same = run_lo[at] == lo
+        for i in np.flatnonzero(hit & ~same):  # equal 64-bit halves: look at all of them
+            end = np.searchsorted(run_hi, hi[i], side="right")
+            same[i] = bool((run_lo[at[i] : end] == lo[i]).any())
+        return same
+
+    def _push(self, hi: np.ndarray, lo: np.ndarray | None) -> None:
+        if not len(hi):
+            return
+        order = np.argsort(hi, kind="stable")
+        self._runs.append((hi[order], None if lo is None else lo[order]))
+        while len(self._runs) > 1:
+            (a_hi, a_lo), (b_hi, b_lo) = self._runs[-2], self._runs[-1]
+            if len(a_hi) > 2 * len(b_hi) or len(a_hi) + len(b_hi) > self.max_run:
+                break
+            merged = np.concatenate([a_hi, b_hi])
+            order = np.argsort(merged, kind="stable")  # two sorted runs: a linear merge
+            lows = None if a_lo is None else np.concatenate([a_lo, b_lo])[order]
+            self._runs[-2:] = [(merged[order], lows)]
+
+
+_KEYS = ("medallion-silver", "ventas-lineas-16")  # siphash keys (16 characters)
+
+
+def fingerprint(values: pd.Series, bits: int = 128) -> tuple[np.ndarray, np.ndarray | None]:
+    """Vectorised siphash of text values: (high, low) 64-bit halves (low is None for 64 bits)."""
+    text = values.astype("string").to_numpy(dtype=object, na_value="\x00")
+    hi = pd.util.hash_array(text, hash_key=_KEYS[0], categorize=False)
+    lo = pd.util.hash_array(text, hash_key=_KEYS[1], categorize=False) if bits == 128 else None
+    return hi, lo
+
+
+class LineKeys:
+    """The contract's line key: the source's own line id where the file has it, otherwise
+    order id + position of the line in its order. A key seen again on a line that is not an
+    exact duplicate is a conflict: both lines go on, and the later one wins in the warehouse.
+    Keys are remembered as 64-bit fingerprints (a collision could only add one to the count
+    of conflicts, never change a row)."""
+
+    def __init__(self, source_id: str | None):
+        self.source_id = source_id
+        self._positions: Counter = Counter()
+        self._seen = Fingerprints()
+
+    def assign(self, chunk: pd.DataFrame) -> tuple[pd.Series, int]:
+        key = pd.Series(pd.NA, index=chunk.index, dtype="string")
+        if self.source_id and self.source_id in chunk:
+            key = chunk[self.source_id].astype("string")
+        missing = key.isna() & chunk["order_id"].notna()
+        if missing.any():  # order id + position, only where the source has no line id
+            order = chunk.loc[missing, "order_id"]
+            known = order.map(lambda o: self._positions[o]).astype("Int64")
+            position = known + order.groupby(order).cumcount() + 1
+            self._positions.update(order.value_counts().to_dict())
+            key[missing] = order + "-" + position.astype("string")
+        present = key.notna().to_numpy()
+        hi, _ = fingerprint(key[present], bits=64)
+        return key, int(self._seen.add(hi).sum())
+
+
+class ExactDuplicates:
+    """Lines whose raw text was already seen in the file (a 128-bit fingerprint per line)."""
+
+    def __init__(self) -> None:
+        self._seen = Fingerprints()
+
+    def mark(self, raw: pd.Series) -> pd.Series:
+        hi, lo = fingerprint(raw)
+        return pd.Series(self._seen.add(hi, lo), index=raw.index)
