@@ -1,28 +1,17 @@
 -- Lines of a run: insert new line keys, update lines whose values changed (a corrected line);
 -- lineage columns alone are not a change. The columns are not listed here: they are the fact's
--- columns that the run's latest transit rows also have (sql/032 and sql/022 + 035), so a new
--- fact column is merged as soon as both tables have it. Of those, the line key is the merge's
--- key and the lineage (where and by which run a line came) is written, never compared.
+-- columns that the run's transit rows also have (staging.fact_transit_columns), so a new fact
+-- column is merged as soon as both tables have it.
 create or replace procedure staging.merge_fact_operaciones_ventas(
     p_run_id text, inout p_inserted bigint default null, inout p_updated bigint default null
 )
 language plpgsql
 as $$
 declare
-    v_lineage constant text[] := array['source_object', 'source_line', 'run_id'];
-    v_values   text[];  -- the delivered values: compared, and written when they differ
+    v_values  text[] := staging.fact_transit_columns(false);  -- compared, written when changed
+    v_lineage text[] := staging.fact_transit_columns(true);   -- written, never compared
     v_affected bigint;
 begin
-    select array_agg(quote_ident(f.attname) order by f.attnum)
-    into v_values
-    from pg_attribute as f
-    join pg_attribute as s
-      on s.attrelid = 'public.bulk_fact_operaciones_ventas_latest'::regclass
-     and s.attname = f.attname and s.attnum > 0 and not s.attisdropped
-    where f.attrelid = 'staging.fact_operaciones_ventas'::regclass
-      and f.attnum > 0 and not f.attisdropped
-      and f.attname <> 'line_key' and f.attname <> all(v_lineage);
-
     select count(distinct s.line_key) into p_inserted  -- the line keys new to staging
     from public.bulk_fact_operaciones_ventas as s
     where s.run_id = p_run_id

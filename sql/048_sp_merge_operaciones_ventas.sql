@@ -8,14 +8,16 @@
 --   (audit.run_log, step 'load'). Crash recovery empties UNLOGGED tables; a merge of what is
 --   left would publish a partial run, so it fails at once (SQLSTATE MDT01) and the DAG's
 --   merge task reloads the rows from gold before it calls the merge again;
--- * sources are the *_latest views: one row per key, so no target row is met twice;
+-- * a first load (the fact is empty) inserts the run's lines without comparing them, and the
+--   insert's own counts go to the gate (staging.insert_fact_operaciones_ventas); otherwise
+--   sources are the *_latest views: one row per key, so no target row is met twice;
 -- * only rows whose values changed are updated (IS DISTINCT FROM): a re-run changes nothing;
 -- * dim_cliente as SCD type 1 (default) or 2 (p_scd_type => 2);
 -- * inserted / updated / unchanged per table go to audit.run_log;
--- * a delivery of at least p_bulk_min_lines lines and a fifth of the fact (a first load, a
---   reload) is merged without the fact's primary key, foreign keys and their indexes, which
---   are built again, and validated in one pass, before the procedure ends
---   (staging.fact_secondary_structures).
+-- * a delivery of at least p_bulk_min_lines lines and a fifth of the fact (a reload, a
+--   large delivery onto a small fact) is merged without the fact's primary key, foreign keys
+--   and their indexes, which are built again, and validated in one pass, before the procedure
+--   ends (staging.fact_secondary_structures); a first load too.
 -- MERGE needs PostgreSQL 15 or newer (medallion.warehouse.apply_sql refuses older servers).
 -- The run's transit rows stay until the commit: staging.sp_clear_transit removes them after it.
 drop procedure if exists staging.sp_merge_operaciones_ventas(text);
@@ -38,6 +40,10 @@ declare
     v_updated  bigint;
     v_started  timestamptz;
     v_bulk     boolean;
+    v_how      text;
+    v_sales    numeric;
+    v_orphans  bigint;
+    v_staged   jsonb;  -- what a first load's insert wrote, for the gate (null after a merge)
     v_missing  text;
     v_lock_timeout text;
 begin
@@ -75,37 +81,61 @@ begin
         foreach v_table in array array['dim_inventario', 'dim_cliente',
                                        'fact_operaciones_ventas'] loop
             v_started := clock_timestamp();
-            if v_table = 'fact_operaciones_ventas' then  -- the view's key resolution is not needed
-                select count(distinct line_key) into v_source
-                from public.bulk_fact_operaciones_ventas where run_id = p_run_id;
-            else
-                execute format('select count(*) from public.%I where run_id = $1',
-                               'bulk_' || v_table || '_latest')
-                    into v_source using p_run_id;
+            v_how := 'merge';
+            if v_table = 'fact_operaciones_ventas'
+               and not exists (select 1 from staging.fact_operaciones_ventas) then
+                -- A first load: inserted as delivered, keys and checks built once at the end.
+                begin
+                    call staging.fact_secondary_structures(false, true);
+                    -- empty already; emptied in this transaction, it is written without WAL
+                    -- on a server with wal_level = minimal (the embedded one)
+                    truncate staging.fact_operaciones_ventas;
+                    call staging.insert_fact_operaciones_ventas(p_run_id, v_inserted, v_sales,
+                                                                v_orphans);
+                    call staging.fact_secondary_structures(true);
+                    v_updated := 0;
+                    v_source := v_inserted;
+                    v_how := 'insert (first load)';
+                    v_staged := jsonb_build_object(
+                        'lines', v_inserted, 'sales', v_sales, 'staged_lines', v_inserted,
+                        'staged_sales', v_sales, 'orphans', v_orphans);
+                exception when unique_violation then
+                    -- the run delivers a line key more than once: the merge below keeps the
+                    -- latest (everything of the attempt was rolled back with this block)
+                    v_how := 'merge';
+                end;
             end if;
-            v_bulk := v_table = 'fact_operaciones_ventas' and v_source >= p_bulk_min_lines
-                      and v_source * 5 >= (select greatest(reltuples, 0) from pg_class
-                                           where oid = 'staging.fact_operaciones_ventas'::regclass);
-            if v_bulk then
-                call staging.fact_secondary_structures(false, true);
-            end if;
-            if v_table = 'dim_cliente' and p_scd_type = 2 then
-                call staging.scd2_dim_cliente(p_run_id, v_inserted, v_updated);
-            else
-                execute format('call staging.%I($1, null, null)', 'merge_' || v_table)
-                    into v_inserted, v_updated using p_run_id;
-            end if;
-            if v_bulk then
-                call staging.fact_secondary_structures(true);
+            if v_how = 'merge' then
+                if v_table = 'fact_operaciones_ventas' then  -- the view's key resolution is not needed
+                    select count(distinct line_key) into v_source
+                    from public.bulk_fact_operaciones_ventas where run_id = p_run_id;
+                else
+                    execute format('select count(*) from public.%I where run_id = $1',
+                                   'bulk_' || v_table || '_latest')
+                        into v_source using p_run_id;
+                end if;
+                v_bulk := v_table = 'fact_operaciones_ventas' and v_source >= p_bulk_min_lines
+                          and v_source * 5 >= (select greatest(reltuples, 0) from pg_class
+                                               where oid = 'staging.fact_operaciones_ventas'::regclass);
+                if v_bulk then
+                    call staging.fact_secondary_structures(false, true);
+                    v_how := 'merge (bulk)';
+                end if;
+                if v_table = 'dim_cliente' and p_scd_type = 2 then
+                    call staging.scd2_dim_cliente(p_run_id, v_inserted, v_updated);
+                    v_how := 'scd2';
+                else
+                    execute format('call staging.%I($1, null, null)', 'merge_' || v_table)
+                        into v_inserted, v_updated using p_run_id;
+                end if;
+                if v_bulk then
+                    call staging.fact_secondary_structures(true);
+                end if;
             end if;
             call audit.record_merge(p_run_id, 'staging.' || v_table, v_inserted, v_updated,
-                                    v_source - v_inserted - v_updated, v_started,
-                                    case when v_table = 'dim_cliente' and p_scd_type = 2
-                                         then 'scd2'
-                                         when v_bulk then 'merge (bulk)'
-                                         else 'merge' end);
+                                    v_source - v_inserted - v_updated, v_started, v_how);
         end loop;
-        call staging.sp_publish_gate(p_run_id);
+        call staging.sp_publish_gate(p_run_id, v_staged);
     exception when others then
         raise exception 'sp_merge_operaciones_ventas(%) failed, nothing was merged: % (SQLSTATE %)',
             p_run_id, sqlerrm, sqlstate using errcode = sqlstate;

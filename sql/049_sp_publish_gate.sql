@@ -4,11 +4,16 @@
 --   every line key of the run with the delivered sales (lines and sum);
 -- * keys: unique and not null natural keys in the dimensions, no fact of the run without its
 --   customer and product (the unknown member -1 counts as missing).
+-- After a first load the merge passes what its insert read and wrote (p_staged: lines, sales,
+-- staged_lines, staged_sales, orphans), counted by that statement itself, so the run's lines are
+-- not read again; after a merge they are counted here, in one pass.
 -- A failing check raises an error naming the check and by how much (SQLSTATE MDG01): the merge
 -- rolls back with it. On success the checks are recorded in audit.run_log (step 'publish';
 -- details -> 'checks': check, expected, found, passed, in this order); the
 -- transit rows stay until the merge's transaction commits (staging.sp_clear_transit).
-create or replace procedure staging.sp_publish_gate(p_run_id text)
+drop procedure if exists staging.sp_publish_gate(text);
+
+create or replace procedure staging.sp_publish_gate(p_run_id text, p_staged jsonb default null)
 language plpgsql
 as $$
 declare
@@ -30,23 +35,32 @@ begin
     select count(*) as lines, coalesce(sum(sales), 0) as sales
     into v_transit
     from public.bulk_fact_operaciones_ventas where run_id = p_run_id;
-    -- One pass over the run's delivered lines (the latest transit row per line key, as the
-    -- merge saw them): what was delivered, what staging holds, and facts without dimensions.
-    select count(*) as lines, coalesce(sum(b.sales), 0) as sales,
-           count(f.line_key) as staged_lines, coalesce(sum(f.sales), 0) as staged_sales,
-           count(*) filter (where f.line_key is not null
-                              and (c.cliente_key is null or i.inventario_key is null
-                                   or f.cliente_key = -1 or f.inventario_key = -1)) as orphans
-    into v_delivered
-    from (select line_key, sales
-          from public.bulk_fact_operaciones_ventas as t
-          where t.run_id = p_run_id and t.line_key is not null
-            and not exists (select 1 from public.bulk_fact_operaciones_ventas as later
-                            where later.run_id = t.run_id and later.line_key = t.line_key
-                              and later.bulk_seq > t.bulk_seq)) as b
-    left join staging.fact_operaciones_ventas as f on f.line_key = b.line_key
-    left join staging.dim_cliente as c on c.cliente_key = f.cliente_key
-    left join staging.dim_inventario as i on i.inventario_key = f.inventario_key;
+    if p_staged is not null then
+        -- a first load: its insert counted what it read and wrote (staging.insert_fact_...)
+        select (p_staged ->> 'lines')::bigint as lines, (p_staged ->> 'sales')::numeric as sales,
+               (p_staged ->> 'staged_lines')::bigint as staged_lines,
+               (p_staged ->> 'staged_sales')::numeric as staged_sales,
+               (p_staged ->> 'orphans')::bigint as orphans
+        into v_delivered;
+    else
+        -- One pass over the run's delivered lines (the latest transit row per line key, as the
+        -- merge saw them): what was delivered, what staging holds, and facts without dimensions.
+        select count(*) as lines, coalesce(sum(b.sales), 0) as sales,
+               count(f.line_key) as staged_lines, coalesce(sum(f.sales), 0) as staged_sales,
+               count(*) filter (where f.line_key is not null
+                                  and (c.cliente_key is null or i.inventario_key is null
+                                       or f.cliente_key = -1 or f.inventario_key = -1)) as orphans
+        into v_delivered
+        from (select line_key, sales
+              from public.bulk_fact_operaciones_ventas as t
+              where t.run_id = p_run_id and t.line_key is not null
+                and not exists (select 1 from public.bulk_fact_operaciones_ventas as later
+                                where later.run_id = t.run_id and later.line_key = t.line_key
+                                  and later.bulk_seq > t.bulk_seq)) as b
+        left join staging.fact_operaciones_ventas as f on f.line_key = b.line_key
+        left join staging.dim_cliente as c on c.cliente_key = f.cliente_key
+        left join staging.dim_inventario as i on i.inventario_key = f.inventario_key;
+    end if;
 
     v_checks := jsonb_build_object(
         'silver_lines', v_silver.lines, 'silver_sales', v_silver.sales,

@@ -143,6 +143,16 @@ def scalar(db, sql: str, **params):
         return conn.execute(text(sql), params).scalar_one()
 
 
+def strategy(db, run_id: str) -> str:
+    """How the merge wrote a run's fact lines (audit.run_log)."""
+    return scalar(
+        db,
+        "select details ->> 'strategy' from audit.run_log where run_id = :r "
+        "and step = 'merge' and source = 'staging.fact_operaciones_ventas'",
+        r=run_id,
+    )
+
+
 def new_prefix() -> str:
     return "T" + uuid.uuid4().hex[:8]
 
@@ -342,6 +352,9 @@ FACT_INDEXES = (
 
 
 def test_bulk_merge_gives_the_same_result_and_restores_keys_and_indexes(db):
+    if not scalar(db, "select exists (select 1 from staging.fact_operaciones_ventas)"):
+        seed = Delivery(q := new_prefix(), f"{q}-r0").line(1).load(db)  # not a first load
+        merge(db, seed.run_id)
     with warehouse.transaction(db) as conn:
         conn.execute(text("analyze staging.fact_operaciones_ventas"))
     facts = scalar(
@@ -360,13 +373,7 @@ def test_bulk_merge_gives_the_same_result_and_restores_keys_and_indexes(db):
         "updated": 0,
         "unchanged": 0,
     }
-    strategy_used = scalar(
-        db,
-        "select details ->> 'strategy' from audit.run_log where run_id = :r "
-        "and step = 'merge' and source = 'staging.fact_operaciones_ventas'",
-        r=delivery.run_id,
-    )
-    assert strategy_used.endswith("(bulk)")
+    assert strategy(db, delivery.run_id) == "merge (bulk)"
     assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
     primary_key = scalar(
         db,
@@ -391,6 +398,78 @@ def test_bulk_merge_gives_the_same_result_and_restores_keys_and_indexes(db):
                 ),
                 {"p": f"{p}-%"},
             )
+
+
+@pytest.fixture
+def empty_warehouse():
+    """A warehouse of its own whose fact is empty (the shared one holds other tests' lines)."""
+    from medallion.settings import get_connection
+
+    name = f"{get_connection('postgres_default').schema}_empty"
+    eng = warehouse.engine_for(warehouse.fresh_database("postgres_default", name))
+    warehouse.apply_sql(eng)
+    yield eng
+    eng.dispose()
+
+
+def test_a_first_load_inserts_without_comparing_and_builds_the_keys_once(empty_warehouse):
+    db = empty_warehouse
+    p = new_prefix()
+    first = Delivery(p, f"{p}-r1").line(1).line(2, customer="C2", sales=Decimal("1.5")).load(db)
+    assert merge(db, first.run_id)["fact_operaciones_ventas"] == {
+        "inserted": 2,
+        "updated": 0,
+        "unchanged": 0,
+    }
+    assert strategy(db, first.run_id) == "insert (first load)"
+    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
+    assert scalar(db, "select count(*) from pg_constraint where conname = :c",
+                  c="fact_operaciones_ventas_pkey") == 1  # fmt: skip
+    checks = scalar(
+        db,
+        "select details from audit.run_log where run_id = :r and step = 'publish'",
+        r=first.run_id,
+    )
+    assert (checks["staged_line_keys"], Decimal(str(checks["staged_sales"]))) == (
+        2,
+        Decimal("959.0775"),
+    )
+    assert scalar(db, "select count(*) from staging.vw_operaciones_ventas") == 2
+    # the fact holds lines now: the next run is merged (compared, corrected lines updated)
+    second = Delivery(p, f"{p}-r2").line(2, customer="C2", sales=Decimal("2.5")).line(3).load(db)
+    assert merge(db, second.run_id)["fact_operaciones_ventas"] == {
+        "inserted": 1,
+        "updated": 1,
+        "unchanged": 0,
+    }
+    assert strategy(db, second.run_id) == "merge"
+
+
+def test_a_first_load_that_repeats_a_line_key_is_merged_the_latest_wins(empty_warehouse):
+    db = empty_warehouse
+    p = new_prefix()
+    run = Delivery(p, f"{p}-r1").line(1, quantity=1).line(2).line(1, quantity=7).load(db)
+    assert merge(db, run.run_id)["fact_operaciones_ventas"]["inserted"] == 2
+    assert strategy(db, run.run_id) == "merge"
+    assert scalar(db, "select quantity from staging.fact_operaciones_ventas "
+                      "where line_key = :k", k=f"{p}-L1") == 7  # fmt: skip
+    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
+
+
+def test_a_first_load_with_a_line_missing_its_customer_publishes_nothing(empty_warehouse):
+    db = empty_warehouse
+    p = new_prefix()
+    run = Delivery(p, f"{p}-r1").line(1).line(2, customer="C2")
+    del run.customers[f"{p}-C2"]  # gold without the line's customer
+    run.load(db)
+    with pytest.raises(DBAPIError) as failure:
+        merge(db, run.run_id)
+    assert failure.value.orig.pgcode == "MDG01"
+    assert "fact lines of the run without their customer or product: 0 expected, 1 found" in str(
+        failure.value
+    )
+    assert scalar(db, "select count(*) from staging.fact_operaciones_ventas") == 0
+    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)  # as before
 
 
 def test_duplicate_keys_in_transit_merge_once_the_latest_wins(db):
@@ -616,6 +695,43 @@ def test_merge_of_incomplete_transit_rows_fails_at_once_saying_so(db):
 def clear(db, run_id: str) -> None:
     with warehouse.transaction(db) as conn:
         conn.execute(text("call staging.sp_clear_transit(:r)"), {"r": run_id})
+
+
+def transit_file(db) -> int:
+    return scalar(
+        db,
+        "select relfilenode from pg_class "
+        "where oid = 'public.bulk_fact_operaciones_ventas'::regclass",
+    )
+
+
+def test_clearing_a_run_never_touches_another_runs_transit_rows(empty_warehouse):
+    db = empty_warehouse
+    p = new_prefix()
+    first = Delivery(p, f"{p}-r1").line(1).load(db)
+    second = Delivery(p, f"{p}-r2").line(2).load(db)
+    merge(db, first.run_id, clear_after=False)
+    before = transit_file(db)
+    clear(db, first.run_id)  # the second run's rows are there: only the first's are deleted
+    assert (in_transit(db, first.run_id), in_transit(db, second.run_id)) == (0, 1)
+    assert transit_file(db) == before
+    # a third run's load under way (not committed) holds the table: no wait, no truncate
+    loading = db.connect()
+    try:
+        third = Delivery(p, f"{p}-r3").line(3)
+        with loading.begin():
+            warehouse.load_transit(loading, "fact_operaciones_ventas", pd.DataFrame(third.facts))
+            merge(db, second.run_id)  # clears the second run's rows while the load goes on
+            assert transit_file(db) == before
+        assert (in_transit(db, second.run_id), in_transit(db, third.run_id)) == (0, 1)
+    finally:
+        loading.close()
+    fourth = Delivery(p, f"{p}-r4").line(4).load(db)
+    with warehouse.transaction(db) as conn:
+        warehouse.clear_transit(conn, "fact_operaciones_ventas", third.run_id)
+    merge(db, fourth.run_id)  # alone in the transit tables: they are emptied at once
+    assert transit_file(db) != before
+    assert in_transit(db, fourth.run_id) == 0
 
 
 def test_two_runs_at_once_are_serialised(db):

@@ -1,0 +1,39 @@
+-- A first load: the fact is empty, so every line of the run is new and nothing is compared or
+-- looked up. The run's transit rows go in as they are (surrogate keys resolved), and the
+-- statement itself returns what the publish gate checks: the lines written, their sum of sales
+-- and the lines without their customer or product (unknown member). A run that delivers a line
+-- key twice (a later file correcting an earlier line) does not fit: the fact's primary key,
+-- built after this insert, refuses it, and the caller takes the merge instead.
+create or replace procedure staging.insert_fact_operaciones_ventas(
+    p_run_id text,
+    inout p_inserted bigint default null,
+    inout p_sales numeric default null,
+    inout p_orphans bigint default null
+)
+language plpgsql
+as $$
+declare
+    v_columns text := array_to_string(staging.fact_transit_columns(false)
+                                      || staging.fact_transit_columns(true), ', ');
+    v_nestloop text := current_setting('enable_nestloop');
+begin
+    -- the whole run against two small dimensions: hash joins, whatever the transit statistics
+    perform set_config('enable_nestloop', 'off', true);
+    execute format(
+        $insert$
+        with written as (
+            insert into staging.fact_operaciones_ventas (line_key, %1$s)
+            select line_key, %1$s
+            from public.bulk_fact_operaciones_ventas_keyed
+            where run_id = $1
+            returning sales, cliente_key, inventario_key
+        )
+        select count(*), coalesce(sum(sales), 0),
+               count(*) filter (where cliente_key = -1 or inventario_key = -1)
+        from written
+        $insert$, v_columns)
+    into p_inserted, p_sales, p_orphans
+    using p_run_id;
+    perform set_config('enable_nestloop', v_nestloop, true);
+end;
+$$;
