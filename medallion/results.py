@@ -1,6 +1,6 @@
 """What a published run left in the warehouse, for its result notebook (05_resultado) and its
 record: its files, the merge's counts, the publish gate's checks, and the first figures an
-analyst looks at, read from ``staging.vw_operaciones_ventas``."""
+analyst looks at (those of ``staging.vw_operaciones_ventas``)."""
 
 from __future__ import annotations
 
@@ -80,15 +80,19 @@ def staging_rows(db: Engine) -> pd.DataFrame:
     return _frame(db, counts)
 
 
-# -- the view, for analysts ------------------------------------------------------------------
+# -- for analysts: the whole warehouse ------------------------------------------------------
+# The same figures as from staging.vw_operaciones_ventas, but summed over the fact by its
+# integer surrogate keys first and named after: grouping a million lines by product name (text)
+# costs several times more. Every fact line has its customer and product (foreign keys), so the
+# sums are the view's.
 
 
 def sales_by_month(db: Engine) -> pd.DataFrame:
     return _frame(
         db,
-        """select make_date(order_year, order_month, 1) as month,
+        """select date_trunc('month', order_date)::date as month,
                   sum(sales)::float8 as sales, sum(profit)::float8 as profit
-           from staging.vw_operaciones_ventas group by 1 order by 1""",
+           from staging.fact_operaciones_ventas group by 1 order by 1""",
     ).set_index("month")
 
 
@@ -96,28 +100,34 @@ def sales_by_region_and_segment(db: Engine) -> pd.DataFrame:
     """Sales per region (rows) and segment (columns)."""
     return _frame(
         db,
-        """select coalesce(region, '(sin región)') as region,
-                  coalesce(segment, '(sin segmento)') as segment, sum(sales)::float8 as sales
-           from staging.vw_operaciones_ventas group by 1, 2""",
+        """select coalesce(f.region, '(sin región)') as region,
+                  coalesce(c.segment, '(sin segmento)') as segment, sum(f.sales)::float8 as sales
+           from staging.fact_operaciones_ventas as f
+           join staging.dim_cliente as c using (cliente_key)
+           group by 1, 2""",
     ).pivot_table(index="region", columns="segment", values="sales", fill_value=0)
 
 
 def top_products(db: Engine, n: int = 10) -> pd.DataFrame:
-    return _top(db, "product_id", "product_name", n)
+    return _top(db, "inventario", "product_id", "product_name", n)
 
 
 def top_customers(db: Engine, n: int = 10) -> pd.DataFrame:
-    return _top(db, "customer_id", "customer_name", n)
+    return _top(db, "cliente", "customer_id", "customer_name", n)
 
 
-def _top(db: Engine, key: str, name: str, n: int) -> pd.DataFrame:
-    """The ``n`` keys with the most sales: key, name, sales, profit."""
+def _top(db: Engine, dimension: str, key: str, name: str, n: int) -> pd.DataFrame:
+    """The ``n`` natural keys with the most sales: key, name, sales, profit. Summed per
+    surrogate key, then per natural key (a customer's versions, SCD type 2)."""
     return _frame(
         db,
-        f"""select {key}, max({name}) as {name}, sum(sales)::float8 as sales,
-                   sum(profit)::float8 as profit
-            from staging.vw_operaciones_ventas group by {key}
-            order by sum(sales) desc, {key} limit :n""",  # noqa: S608 - our column names
+        f"""select d.{key}, max(d.{name}) as {name}, sum(t.sales)::float8 as sales,
+                   sum(t.profit)::float8 as profit
+            from (select {dimension}_key, sum(sales) as sales, sum(profit) as profit
+                  from staging.fact_operaciones_ventas group by 1) as t
+            join staging.dim_{dimension} as d using ({dimension}_key)
+            group by d.{key}
+            order by sum(t.sales) desc, d.{key} limit :n""",  # noqa: S608 - our column names
         n=n,
     )
 
