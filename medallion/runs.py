@@ -409,6 +409,9 @@ def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
     from airflow.sdk import timezone
     from airflow.utils.cli import get_bagged_dag
 
+    from medallion.kernels import use_warm_kernels
+
+    use_warm_kernels()  # the tasks run one after the other here: kernels start ahead
     dag = get_bagged_dag(bundle_names=None, dag_id=DAG_ID)
     dag_run = dag.test(logical_date=timezone.utcnow(), run_conf=conf)
     state = str(getattr(dag_run.state, "value", dag_run.state))

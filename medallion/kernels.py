@@ -1,0 +1,152 @@
+"""Warm kernels for the in-process run (`make run`): each notebook still gets a kernel of its
+own, never used before, but started while the notebook before it runs.
+
+Starting a kernel and importing pandas, pyarrow, SQLAlchemy, the MinIO client and this package
+takes about two seconds, on every notebook of a run. In `make run` the DAG's tasks run one
+after the other in one process, so the second core is idle while a notebook runs: there, papermill's
+engine is replaced by ``WarmKernelEngine``, which hands each notebook the kernel started for
+it and starts the next one. A warm kernel is used only if it was started with the same kernel
+name, working directory and environment (the task's connections included) as the notebook's
+would be; otherwise, or if it died, the notebook starts its own as usual. Kernels left over when
+the process ends are shut down. A real Airflow (one process per task) keeps papermill's engine.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from typing import Any
+
+from jupyter_client.manager import KernelManager
+from papermill.clientwrap import PapermillNotebookClient
+from papermill.engines import NBClientEngine, papermill_engines
+from papermill.log import logger as papermill_log
+from papermill.utils import merge_kwargs, remove_args
+
+log = logging.getLogger(__name__)
+
+# What the notebooks import, loaded while the kernel waits: no name is left in the notebook's
+# namespace (exec with its own globals), only modules in sys.modules.
+PRELOAD = (
+    "exec('import pandas, pyarrow.parquet, sqlalchemy, minio, psycopg2; "
+    "import medallion.bronze, medallion.silver, medallion.gold, medallion.transit, "
+    "medallion.results', {})"
+)
+
+
+def _task_variable(name: str) -> bool:
+    """Variables Airflow sets for each task (its context, its supervisor's socket): a warm
+    kernel gets the notebook's task's values when it is handed over."""
+    return name.startswith("AIRFLOW_CTX_") or name == "__AIRFLOW_SUPERVISOR_FD"
+
+
+def _environment() -> dict[str, str]:
+    """The environment a kernel is started with, but the task's own variables."""
+    return {k: v for k, v in os.environ.items() if not _task_variable(k)}
+
+
+class KernelPool:
+    """At most one started, unused kernel per kernel name, ready for the next notebook."""
+
+    def __init__(self) -> None:
+        self._ready: dict[str, tuple[KernelManager, tuple]] = {}
+        self._lock = threading.Lock()
+        atexit.register(self.close)
+
+    @staticmethod
+    def _fingerprint(kernel_name: str) -> tuple:
+        return (kernel_name, os.getcwd(), tuple(sorted(_environment().items())))
+
+    def take(self, kernel_name: str) -> KernelManager | None:
+        """The kernel started for this notebook, if it is alive and was started as the
+        notebook's own would be."""
+        with self._lock:
+            ready = self._ready.pop(kernel_name, None)
+        if ready is None:
+            return None
+        km, fingerprint = ready
+        if fingerprint == self._fingerprint(kernel_name) and km.is_alive():
+            log.info("Notebook kernel: started ahead (warm)")
+            return km
+        log.info("Notebook kernel: a new one (the warm one was started for another environment)")
+        _shutdown(km)
+        return None
+
+    def start_next(self, kernel_name: str) -> None:
+        """Start a kernel for the next notebook (it boots in its own process)."""
+        km = KernelManager(kernel_name=kernel_name)
+        try:
+            km.start_kernel(extra_arguments=[f"--IPKernelApp.exec_lines={PRELOAD}"])
+        except Exception:  # noqa: BLE001 - a warm kernel is an optimisation, never a failure
+            log.warning("Could not start a warm kernel; notebooks start their own", exc_info=True)
+            return
+        with self._lock:
+            previous = self._ready.pop(kernel_name, None)
+            self._ready[kernel_name] = (km, self._fingerprint(kernel_name))
+        if previous is not None:
+            _shutdown(previous[0])
+
+    def close(self) -> None:
+        with self._lock:
+            ready, self._ready = list(self._ready.values()), {}
+        for km, _ in ready:
+            _shutdown(km)
+
+
+def _shutdown(km: KernelManager) -> None:
+    try:
+        km.shutdown_kernel(now=True)
+    except Exception:  # noqa: BLE001 - already gone
+        log.debug("warm kernel already gone", exc_info=True)
+
+
+POOL = KernelPool()
+
+
+class _HandedOverClient(PapermillNotebookClient):
+    """papermill's client on a warm kernel: before the first cell, the kernel takes this task's
+    own variables (no secret among them: dag, task and run ids)."""
+
+    def papermill_execute_cells(self):
+        task = {k: v for k, v in os.environ.items() if _task_variable(k)}
+        code = (
+            "import os as _os\n"
+            f"_os.environ.update({task!r})\n"
+            f"[_os.environ.pop(_k) for _k in list(_os.environ) if _k.startswith('AIRFLOW_CTX_') "
+            f"and _k not in {sorted(task)!r}]\n"
+            "del _os"
+        )
+        self.wait_for_reply(self.kc.execute(code, silent=True, store_history=False))
+        super().papermill_execute_cells()
+
+
+class WarmKernelEngine(NBClientEngine):
+    """papermill's nbclient engine, with the kernel started ahead by ``POOL``."""
+
+    @classmethod
+    def execute_managed_notebook(cls, nb_man, kernel_name: str, **kwargs: Any):
+        km = POOL.take(kernel_name)
+        POOL.start_next(kernel_name)  # for the notebook after this one
+        if km is None:
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+        # As NBClientEngine does, but on the warm kernel, which the client stops when the
+        # notebook ends (cleanup_kc: its channels and the kernel, as for one it started).
+        timeout = kwargs.pop("execution_timeout", None) or kwargs.get("timeout")
+        startup_timeout = kwargs.pop("start_timeout", 60)
+        client_args = merge_kwargs(
+            remove_args(["input_path", "timeout", "startup_timeout"], **kwargs),
+            timeout=timeout,
+            startup_timeout=startup_timeout,
+            kernel_name=kernel_name,
+            log=papermill_log,
+        )
+        client = _HandedOverClient(nb_man, km=km, **client_args)
+        return client.execute(cleanup_kc=True)
+
+
+def use_warm_kernels() -> None:
+    """Make ``WarmKernelEngine`` papermill's default engine in this process."""
+    papermill_engines.register(None, WarmKernelEngine)
+    papermill_engines.register("nbclient", WarmKernelEngine)

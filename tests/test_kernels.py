@@ -1,0 +1,72 @@
+"""Warm kernels (medallion.kernels): each notebook gets a kernel of its own, started ahead,
+with the task's environment; real kernels, real papermill."""
+
+import json
+import logging
+
+import nbformat
+import papermill as pm
+import pytest
+from papermill.engines import NBClientEngine, papermill_engines
+
+from medallion import kernels
+
+SHOW = (
+    "import json, os\n"
+    "print(json.dumps([sorted(k for k in globals() if not k.startswith('_') "
+    "and k not in ('In', 'Out', 'exit', 'quit', 'get_ipython', 'open')), "
+    "os.environ.get('AIRFLOW_CTX_TASK_ID'), "
+    "os.environ.get('MEDALLION_TEST_SETTING'), os.getpid()]))"
+)
+
+
+@pytest.fixture
+def warm(tmp_path, monkeypatch, caplog):
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SHOW)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nbformat.write(notebook, tmp_path / "show.ipynb")
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO, logger="medallion.kernels")
+    kernels.use_warm_kernels()
+    yield tmp_path
+    kernels.POOL.close()
+    papermill_engines.register(None, NBClientEngine)
+    papermill_engines.register("nbclient", NBClientEngine)
+
+
+def run(folder, name: str) -> list:
+    pm.execute_notebook(folder / "show.ipynb", folder / f"{name}.ipynb", progress_bar=False)
+    text = nbformat.read(folder / f"{name}.ipynb", 4).cells[0].outputs[0]["text"]
+    return json.loads(text)
+
+
+def test_the_next_notebook_gets_a_fresh_warm_kernel_with_its_tasks_variables(
+    warm, monkeypatch, caplog
+):
+    monkeypatch.setenv("AIRFLOW_CTX_TASK_ID", "first")
+    names, task, _, first_pid = run(warm, "first")
+    assert (names, task) == (["json", "os"], "first")
+    monkeypatch.setenv("AIRFLOW_CTX_TASK_ID", "second")
+    names, task, _, second_pid = run(warm, "second")
+    assert "started ahead (warm)" in caplog.text
+    # a kernel of its own (not the first notebook's), nothing of the preload in its namespace,
+    # and this task's id, not the one of the task during which it was started
+    assert second_pid != first_pid
+    assert (names, task) == (["json", "os"], "second")
+
+
+def test_a_kernel_started_for_another_environment_is_not_used(warm, monkeypatch, caplog):
+    monkeypatch.setenv("MEDALLION_TEST_SETTING", "before")
+    run(warm, "first")
+    monkeypatch.setenv("MEDALLION_TEST_SETTING", "after")  # e.g. another connection
+    *_, setting, _ = run(warm, "second")
+    assert setting == "after"
+    assert "started for another environment" in caplog.text
+
+
+def test_the_kernel_left_over_is_shut_down(warm):
+    run(warm, "only")
+    ready = [km for km, _ in kernels.POOL._ready.values()]
+    assert ready and all(km.is_alive() for km in ready)
+    kernels.POOL.close()
+    assert not any(km.is_alive() for km in ready)
