@@ -244,7 +244,7 @@ def copy_method(table: Any, conn: Any, keys: list[str], data_iter: Iterable[tupl
         # Arrow casts to the declared types (safely: 1.5 never becomes bigint 1)
         arrow = arrow.select(keys).cast(_target_schema(cur, table.schema, table.name, keys))
         cur.copy_expert(statement.as_string(dbapi), _BinaryCopyStream(arrow), size=1 << 20)
-    return len(frame)
+        return cur.rowcount  # the rows the server copied, as COPY reports them
 
 
 def transit_frame(batch: pa.RecordBatch | pa.Table) -> pd.DataFrame:
@@ -291,8 +291,9 @@ def clear_transit(conn: SAConnection, table: str, run_id: str) -> int:
 
 
 def load_transit(conn: SAConnection, table: str, frame: pd.DataFrame) -> int:
-    """Append a batch to ``public.bulk_<table>`` through ``to_sql(if_exists="append")``."""
-    frame.to_sql(
+    """Append a batch to ``public.bulk_<table>`` through ``to_sql(if_exists="append")``: the
+    rows the server copied."""
+    return frame.to_sql(
         TRANSIT_TABLES[table],
         conn,
         schema="public",
@@ -300,7 +301,6 @@ def load_transit(conn: SAConnection, table: str, frame: pd.DataFrame) -> int:
         index=False,
         method=copy_method,
     )
-    return len(frame)
 
 
 def load_run(
