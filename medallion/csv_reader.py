@@ -248,18 +248,25 @@ def _parse_block(
         raise InputFileError(
             f"{source}: not valid {fmt.encoding} text after line {first_line} ({err.reason})."
         ) from err
-    lines = pc.list_flatten(pc.split_pattern(pa.array([text], pa.large_string()), "\n"))
-    if text.endswith("\n"):
+    utf8 = block if fmt.encoding in ("utf-8", "utf-8-sig") else text.encode()
+    # one Arrow string over the UTF-8 bytes as they are (pa.array of the str would encode it
+    # again, holding the GIL: most of the reader's time)
+    whole = pa.LargeStringArray.from_buffers(
+        1, pa.py_buffer(np.array([0, len(utf8)], dtype=np.int64)), pa.py_buffer(utf8)
+    )
+    lines = pc.list_flatten(pc.split_pattern(whole, "\n"))
+    if utf8.endswith(b"\n"):
         lines = lines.slice(0, len(lines) - 1)
-    if pc.any(pc.equal(pc.bit_wise_and(pc.count_substring(lines, '"'), 1), 1)).as_py():
-        return None
+    if b'"' in utf8:  # most blocks have no quote at all
+        odd_quotes = pc.equal(pc.bit_wise_and(pc.count_substring(lines, '"'), 1), 1)
+        if pc.any(odd_quotes).as_py():
+            return None
     n = len(lines)
     cap = limits.max_line_kb << 10
     long = np.zeros(n, dtype=bool)
     if len(block) > cap:  # only then can a line of the block be longer than the cap
         sizes = pc.binary_length(lines).to_numpy(zero_copy_only=False)
         long = sizes > cap
-    utf8 = block if fmt.encoding in ("utf-8", "utf-8-sig") else text.encode()
     long_rows = []
     if long.any():  # Arrow reads them as blank lines; they are reported as too long
         long_rows = [

@@ -26,20 +26,47 @@ _INT64_MAX = 2**63 - 1
 
 @dataclass
 class Verdict:
-    """The outcome of the rules on one chunk."""
+    """The outcome of the rules on one chunk. Every rule looks at its own row only, so the
+    verdict of a subset of the rows (``subset``) is the subset of the verdict."""
 
     chunk: pd.DataFrame  # typed values (dates, canonical decimal text, Int64 quantities)
     reasons: pd.Series  # '; '-joined messages of drop/fail rules ('' = row passes)
     warnings: pd.Series  # '; '-joined messages of warn rules
-    counts: dict[str, Counter] = field(default_factory=dict)  # severity -> rule -> rows
-    first_line: dict[str, int] = field(default_factory=dict)  # rule -> first source line
+    hits: list[tuple[str, str, np.ndarray]] = field(default_factory=list)  # severity, rule, rows
+    lines: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # source lines
+
+    def subset(self, keep: np.ndarray) -> Verdict:
+        """The verdict of the rows where ``keep`` is True (e.g. without exact duplicates)."""
+        return Verdict(
+            self.chunk[keep],
+            self.reasons[keep],
+            self.warnings[keep],
+            [(severity, rule, mask[keep]) for severity, rule, mask in self.hits],
+            self.lines[keep],
+        )
+
+    def tally(self) -> tuple[dict[str, Counter], dict[str, int]]:
+        """(severity -> rule -> rows, rule -> first source line), for the rules with rows."""
+        counts: dict[str, Counter] = {s: Counter() for s in ("warn", "drop", "fail")}
+        first_line: dict[str, int] = {}
+        for severity, rule, mask in self.hits:
+            if mask.any():
+                counts[severity][rule] += int(mask.sum())
+                first = int(self.lines[mask].min())
+                first_line[rule] = min(first, first_line.get(rule, first))
+        return counts, first_line
 
 
 def _strings(chunk: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Values as trimmed text, '' as missing: trimmed by Arrow (utf8_trim_whitespace, as
+    pandas' str.strip on Arrow strings), without a pandas copy per step."""
+    empty = pa.scalar(None, pa.large_string())
     for col in columns:
         values = chunk[col] if col in chunk else pd.Series(None, index=chunk.index)
-        s = values.astype("string").str.strip()
-        chunk[col] = s.mask(s == "")
+        text = values.astype("string").array.__arrow_array__()
+        trimmed = pc.utf8_trim_whitespace(text)
+        trimmed = pc.if_else(pc.equal(trimmed, ""), empty, trimmed.cast(pa.large_string()))
+        chunk[col] = pd.Series(pd.arrays.ArrowStringArray(trimmed), index=chunk.index)
     return chunk
 
 
@@ -167,42 +194,48 @@ def apply_rules(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat) -> Ve
         chunk["parse_error"] if "parse_error" in chunk else pd.Series(None, index=chunk.index)
     )
     structural = parse_error.notna()
-    reasons = parse_error.astype("string").fillna("")
-    warnings = pd.Series("", index=chunk.index, dtype="string")
-    verdict = Verdict(chunk, reasons, warnings, {s: Counter() for s in ("warn", "drop", "fail")})
+    n = len(chunk)
+    reasons = parse_error.astype(object).where(structural, "").to_numpy(dtype=object, copy=True)
+    lines = chunk["source_line"].to_numpy()
+    hits: list[tuple[str, str, np.ndarray]] = []
     if structural.any():  # the reader names the structural rule of each line it could not read
         rules = chunk["parse_rule"] if "parse_rule" in chunk else pd.Series(None, index=chunk.index)
         rules = rules.where(structural).fillna("wrong_field_count").where(structural)
         for rule in rules.dropna().unique():
-            _count(verdict, contract.severity(rule), rule, rules == rule, chunk)
+            mask = (rules == rule).to_numpy(dtype=bool, na_value=False)
+            hits.append((contract.severity(rule), rule, mask))
 
-    warned = []
+    value_rows = ~structural.to_numpy(dtype=bool)
+    failed, warned = [], []
     for rule, message, mask in _checks(chunk, contract, fmt, structural):
-        mask = mask.fillna(False).astype(bool) & ~structural
+        mask = pd.Series(mask).to_numpy(dtype=bool, na_value=False) & value_rows
         if not mask.any():
             continue
         severity = contract.severity(rule)
         if severity == "warn":
             warned.append((rule, message, mask))
             continue
-        _count(verdict, severity, rule, mask, chunk)
-        verdict.reasons = _append(verdict.reasons, mask, message)
-    kept = verdict.reasons == ""
+        hits.append((severity, rule, mask))
+        failed.append((message, mask))
+    _join(reasons, failed)
+    kept = reasons == ""
+    warnings = np.full(n, "", dtype=object)
     for rule, message, mask in warned:  # a warning counts on the rows that are kept
         if (mask & kept).any():
-            _count(verdict, "warn", rule, mask & kept, chunk)
-            verdict.warnings = _append(verdict.warnings, mask & kept, message)
-    return verdict
+            hits.append(("warn", rule, mask & kept))
+            _join(warnings, [(message, mask & kept)])
+    return Verdict(
+        chunk,
+        pd.Series(reasons, index=chunk.index, dtype="string"),
+        pd.Series(warnings, index=chunk.index, dtype="string"),
+        hits,
+        lines,
+    )
 
 
-def _append(messages: pd.Series, mask: pd.Series, message: str) -> pd.Series:
-    current = messages[mask]  # only the rows that fail the rule (few) are touched
-    messages = messages.copy()
-    messages[mask] = (current + "; " + message).mask(current == "", message)
-    return messages
-
-
-def _count(verdict: Verdict, severity: str, rule: str, mask: pd.Series, chunk: pd.DataFrame):
-    verdict.counts[severity][rule] += int(mask.sum())
-    first = int(chunk.loc[mask, "source_line"].min())
-    verdict.first_line[rule] = min(first, verdict.first_line.get(rule, first))
+def _join(messages: np.ndarray, failed: list[tuple[str, np.ndarray]]) -> None:
+    """Append each rule's message, in rule order and '; '-joined, to the rows it failed:
+    only those rows (few) are touched, once."""
+    for message, mask in failed:
+        for i in np.flatnonzero(mask):
+            messages[i] = f"{messages[i]}; {message}" if messages[i] else message

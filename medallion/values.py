@@ -8,7 +8,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from medallion.contract import Contract
 from medallion.formats import SourceFormat
@@ -143,11 +146,19 @@ def detect_date_format(values: pd.Series, day_first: bool) -> tuple[str, str | N
 
 def parse_dates(values: pd.Series, date_format: str) -> pd.Series:
     """Dates in the file's format; ISO 8601 is always accepted. Unparseable -> NaT."""
-    v = values.str.strip()
-    out = pd.Series(pd.NaT, index=v.index, dtype="datetime64[us]")
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
+    days, plain = _plain_iso_days(values)
+    if plain.all():
+        out[:] = days.astype("datetime64[D]").astype("datetime64[us]")
+        return out
+    if plain.any():
+        out[plain] = days[plain].astype("datetime64[D]").astype("datetime64[us]")
+    v = values[~plain].str.strip()
     iso = v.str.fullmatch(_ISO.pattern).fillna(False)
     if iso.any():
-        out[iso] = pd.to_datetime(v[iso].str.slice(0, 10), format="%Y-%m-%d", errors="coerce")
+        out[iso[iso].index] = pd.to_datetime(
+            v[iso].str.slice(0, 10), format="%Y-%m-%d", errors="coerce"
+        )
     parts = v[~iso].str.extract(_SLASHED)
     ok = parts[0].notna()
     if ok.any():
@@ -156,6 +167,34 @@ def parse_dates(values: pd.Series, date_format: str) -> pd.Series:
         text = p[2] + "-" + month.str.zfill(2) + "-" + day.str.zfill(2)
         out[p.index] = pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
     return out
+
+
+def _plain_iso_days(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The common case computed by Arrow and numpy: 'yyyy-mm-dd' with a real day of a year
+    from 1900 to 2199, as days since 1970, and where a value is such a date. The others
+    (other forms, impossible days, far years) take pandas' slower path."""
+    text = pa.chunked_array(
+        pa.array(values.astype("string"), type=pa.string(), from_pandas=True)
+    ).combine_chunks()
+    shape = pc.match_substring_regex(text, r"^(19|2[01])[0-9]{2}-[0-9]{2}-[0-9]{2}$")
+    shape = shape.fill_null(False)
+    plain = shape.to_numpy(zero_copy_only=False)
+    text = pc.if_else(shape, text, pa.scalar("1970-01-01"))
+    y, m, d = (
+        pc.cast(pc.utf8_slice_codeunits(text, a, b), pa.int64()).to_numpy()
+        for a, b in ((0, 4), (5, 7), (8, 10))
+    )
+    leap = (y % 4 == 0) & ((y % 100 != 0) | (y % 400 == 0))
+    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+    valid = (m >= 1) & (m <= 12) & (d >= 1)
+    valid &= d <= month_days[np.clip(m, 0, 12)] + ((m == 2) & leap)
+    # days from the civil date (Howard Hinnant's algorithm), exact for these years
+    yy = y - (m <= 2)
+    era = yy // 400
+    yoe = yy - era * 400
+    doy = (153 * (m + np.where(m > 2, -3, 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468, plain & valid
 
 
 def detect_value_format(chunk: pd.DataFrame, contract: Contract, fmt: SourceFormat) -> ValueFormat:

@@ -1,0 +1,87 @@
+"""Silver's fast paths give what the plain ones give: rules on several threads, the Arrow/numpy
+date path, the sorted fingerprint set."""
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medallion import sample, silver
+from medallion.contract import load_contract
+from medallion.fingerprints import Fingerprints
+from medallion.values import _ISO, _SLASHED, parse_dates
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """A generated delivery with every kind of bad line, plus exact duplicates and blank lines
+    spread over many chunks."""
+    path = sample.write_generated(3_000, tmp_path_factory.mktemp("gen"), bad_every=37)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    path.write_text("".join(lines + lines[1:200:7] + ["\n"] + lines[500:520]), encoding="utf-8")
+    return path
+
+
+def test_rules_on_several_threads_change_nothing(generated):
+    contract = replace(load_contract(), max_reject_share=1.0)
+    runs = [
+        silver.clean_local(generated, contract, run_id="t", batch_size=97, workers=w)
+        for w in (1, 2, 3)
+    ]
+    (report, good, bad), *others = runs
+    assert report.quarantined and report.duplicates and report.blank_lines
+    assert report.lines_in == report.rows_out + report.quarantined + report.duplicates
+    for other_report, other_good, other_bad in others:
+        assert other_good.equals(good) and other_bad.equals(bad)
+        assert other_report.as_row() == report.as_row()
+        assert other_report.rule_rows() == report.rule_rows()
+    # and the chunk size does not matter either
+    one_chunk = silver.clean_local(generated, contract, run_id="t", batch_size=100_000)
+    assert one_chunk[1].equals(good) and one_chunk[2].equals(bad)
+    assert one_chunk[0].rule_rows() == report.rule_rows()
+
+
+def _pandas_dates(values: pd.Series, date_format: str) -> pd.Series:
+    """The reference: every value through pandas (the path before the fast one)."""
+    v = values.str.strip()
+    out = pd.Series(pd.NaT, index=v.index, dtype="datetime64[us]")
+    iso = v.str.fullmatch(_ISO.pattern).fillna(False)
+    out[iso] = pd.to_datetime(v[iso].str.slice(0, 10), format="%Y-%m-%d", errors="coerce")
+    parts = v[~iso].str.extract(_SLASHED)
+    p = parts[parts[0].notna()]
+    day, month = (p[0], p[1]) if date_format == "dd/mm/yyyy" else (p[1], p[0])
+    text = p[2] + "-" + month.str.zfill(2) + "-" + day.str.zfill(2)
+    out[p.index] = pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
+    return out
+
+
+@pytest.mark.parametrize("date_format", ["dd/mm/yyyy", "mm/dd/yyyy"])
+def test_fast_dates_are_pandas_dates(date_format):
+    odd = [
+        "2023-02-29", "2024-02-30", "1900-02-29", "2000-02-29", "1899-12-31", "2200-01-01",
+        " 2024-01-05", "2024-1-5", "05/01/2024", None, "", "2024-13-01", "2024-00-10",
+        "2024-01-00", "2024-01-32", "2024-01-05T10:00", "0001-01-01", "9999-12-31",
+        "２０２４-01-01",
+    ]  # fmt: skip
+    days = pd.date_range("1900-01-01", "2199-12-31").strftime("%Y-%m-%d").tolist()
+    values = pd.Series(odd + days, dtype=pd.StringDtype("pyarrow"))
+    assert parse_dates(values, date_format).equals(_pandas_dates(values, date_format))
+
+
+@pytest.mark.parametrize("bits", [64, 128])
+def test_fingerprints_remember_like_a_set(bits):
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        prints, seen = Fingerprints(max_run=int(rng.integers(1, 50))), set()
+        for _ in range(int(rng.integers(1, 6))):
+            n = int(rng.integers(0, 40))
+            hi = rng.integers(0, 8, n).astype(np.uint64)
+            lo = rng.integers(0, 3, n).astype(np.uint64) if bits == 128 else None
+            keys = list(zip(hi, lo if lo is not None else [0] * n, strict=True))
+            expected = []
+            for key in keys:
+                expected.append(key in seen)
+                seen.add(key)
+            assert prints.add(hi, lo).tolist() == expected
+        assert len(prints) == len(seen)
