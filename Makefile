@@ -107,8 +107,8 @@ notebooks: $(STAMP) ## Re-execute notebooks/ and store the outputs nbval checks
 sample-committed: $(STAMP) ## Regenerate the committed sample in data/sample/
 	$(PY) -m medallion.sample --committed
 
-bench: $(STAMP) ## Benchmark ROWS lines (default 1M): per step, psql \copy ceiling, naive way, incremental
-	$(PY) -m medallion.bench --rows $(ROWS)
+bench: $(STAMP) ## Benchmark ROWS lines (default 1M): per step, psql \copy ceiling, naive way, incremental, dlt as peer (NO_PEER=1 skips it)
+	$(PY) -m medallion.bench --rows $(ROWS) $(if $(NO_PEER),--no-peer)
 
 clean: airflow-stop stop ## Stop services and remove local state (.local/, outputs/)
 	rm -rf .local outputs/*/

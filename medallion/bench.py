@@ -10,7 +10,11 @@ On the same data and services it measures:
   transit table (unlogged like it);
 * the naive way (the seed's): whole file in memory with pandas, default `to_sql`, on a slice
   (scaled to the full size and labelled so);
-* an incremental run: a 10k-line delivery onto the warehouse that now holds the big load.
+* an incremental run: a 10k-line delivery onto the warehouse that now holds the big load (5k
+  of its lines changed, 5k new: sample.write_increment);
+* the peer: dlt (https://dlthub.com) on the same two files into the same database (schema
+  dlt_peer), from a venv of its own (requirements-bench.txt, made on first use); `--no-peer`
+  skips it. See medallion/bench_dlt.py for how it is set up.
 It works in a database of its own, `medallion_bench`, created empty at the start: "ours" is a
 first load (every line inserted), and the user's warehouse is never touched. Results are printed
 as a table and kept in .local/bench/bench-<rows>.json. Not a test.
@@ -22,13 +26,15 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from medallion import sample, services, storage, warehouse
 from medallion.gold import gold_key
@@ -36,6 +42,7 @@ from medallion.runs import airflow_env, run_dag
 from medallion.settings import (
     LOCAL_DIR,
     PROJECT_ROOT,
+    Connection,
     env_var_name,
     get_connection,
     load_params,
@@ -44,16 +51,51 @@ from medallion.settings import (
 BENCH_DIR = LOCAL_DIR / "bench"
 BENCH_DATABASE = "medallion_bench"
 NAIVE_SLICE = 100_000
+GENERATED_DIR = PROJECT_ROOT / "data" / "generated"
+INCREMENT = {"changed": 5_000, "new": 5_000}  # the second delivery, onto the big file's lines
+
+# The peer: dlt in a venv of its own, run by path (it imports only dlt, pyarrow and stdlib)
+PEER_REQUIREMENTS = PROJECT_ROOT / "requirements-bench.txt"
+PEER_VENV = BENCH_DIR / "dlt-venv"
+PEER_SCRIPT = Path(__file__).with_name("bench_dlt.py")
+PEER_DATASET = "dlt_peer"  # its schema in the bench database (and dlt_peer_staging)
+# dlt's fastest settings here (medallion/bench_dlt.py --help). Measured on 1M lines, 2 vCPUs,
+# best of 3-6 runs of the whole process: 20, 4, 2 or 1 load workers 7.6, 7.9, 8.4, 7.9 s (no
+# difference beyond this machine's noise); one file per table instead of 100k-row files 7.7 s;
+# 250k- or 1M-line chunks 9.1, 8.6 s; 2 normalize workers 9.0 s; the csv loader format 19.9 s
+# (its normalize step rewrites the Arrow tables as CSV, 13 s). Declaring the staged rows unique
+# by key (--trust-keys: dlt skips its de-duplication) gave 6.0 s; not used, as ours
+# de-duplicates a delivery's repeated keys too.
+PEER_SETTINGS = {
+    "chunk-rows": 100_000,
+    "file-format": "parquet",
+    "load-workers": 20,
+    "file-max-items": 100_000,
+}
 
 
 def _generated(rows: int, seed: int, bad_every: int = 1000) -> Path:
-    path = PROJECT_ROOT / "data" / "generated" / f"ventas_{rows}.csv"
+    path = GENERATED_DIR / f"ventas_{rows}.csv"
     if seed != 7:
         path = path.with_name(f"ventas_{rows}_seed{seed}.csv")
     if not path.exists():
         written = sample.write_generated(rows, path.parent, seed=seed, bad_every=bad_every)
         written.rename(path)
     return path
+
+
+def _increment(rows: int) -> Path:
+    """The second delivery onto `_generated(rows, seed=7)`: 5k of its lines changed, 5k new."""
+    path = GENERATED_DIR / f"ventas_{rows}_increment_{INCREMENT['changed']}_{INCREMENT['new']}.csv"
+    if not path.exists():
+        sample.write_increment(rows, GENERATED_DIR, seed=7, bad_every=1000, **INCREMENT)
+    return path
+
+
+def _expected(path: Path) -> dict:
+    """The generator's account of a generated file (data/generated.expected.json)."""
+    accounts = GENERATED_DIR.parent / f"{GENERATED_DIR.name}.expected.json"
+    return json.loads(accounts.read_text()).get(path.name, {}) if accounts.exists() else {}
 
 
 def _run(input_path: Path, label: str) -> dict:
@@ -217,11 +259,110 @@ def naive(path: Path, rows: int) -> dict:
     }
 
 
+def peer_python() -> Path:
+    """The python of the peer's venv: made with `python -m venv` and requirements-bench.txt on
+    first use, and made anew when that file changes (a stamp keeps the text it was made from)."""
+    python = PEER_VENV / "bin" / "python"
+    stamp = PEER_VENV / ".requirements-bench.txt"
+    wanted = PEER_REQUIREMENTS.read_text()
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    print(f"making the peer's venv ({PEER_VENV}, {PEER_REQUIREMENTS.name}) ...", flush=True)
+    shutil.rmtree(PEER_VENV, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        + ["-r", str(PEER_REQUIREMENTS)],
+        check=True,
+    )
+    stamp.write_text(wanted)
+    return python
+
+
+def _postgres_uri(conn: Connection) -> str:
+    """A libpq URI for dlt (DESTINATION__POSTGRES__CREDENTIALS): handed to the child through
+    its environment, never printed."""
+    query = urlencode({k: v for k, v in conn.extra.items() if k == "sslmode"})
+    return (
+        f"postgresql://{quote(conn.login or '', safe='')}:{quote(conn.password or '', safe='')}"
+        f"@{conn.host}:{conn.port or 5432}/{quote(conn.schema or 'postgres', safe='')}"
+        + (f"?{query}" if query else "")
+    )
+
+
+def _peer_run(python: Path, path: Path, conn: Connection, label: str) -> dict:
+    """One load by the peer in a process of its own; its wall time is the process's (Python
+    start and dlt's imports included, as ours includes the DAG's start-up)."""
+    # only what a process needs, plus dlt's credentials: none of our AIRFLOW_CONN_* secrets
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ") if k in os.environ}
+    env |= {
+        "DLT_DATA_DIR": str(BENCH_DIR / "dlt-data"),  # no global ~/.dlt config or secrets
+        "DESTINATION__POSTGRES__CREDENTIALS": _postgres_uri(conn),
+    }
+    args = [f"--{name}={value}" for name, value in PEER_SETTINGS.items()]
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(python), str(PEER_SCRIPT), str(path), "--pipelines-dir", str(BENCH_DIR / "dlt")]
+        + ["--dataset", PEER_DATASET, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=BENCH_DIR,
+    )
+    seconds = time.monotonic() - started
+    log = BENCH_DIR / f"dlt-{label}.log"
+    services.write_private(log, done.stderr)  # dlt's log (private: a driver may echo a URI)
+    if done.returncode:
+        raise RuntimeError(f"the peer (dlt) failed on {path.name}: see {log}")
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"wall_seconds": round(seconds, 1), **measured}
+
+
+def peer(eng: Engine, conn: Connection, big: Path, increment: Path, ours_runs: list[str]) -> dict:
+    """dlt on the big file from a fresh state (its schemas and pipeline folder dropped), then
+    on the increment; then both warehouses' fact rows counted in SQL against the generator's
+    account of the valid lines (reported, not enforced)."""
+    python = peer_python()
+    shutil.rmtree(BENCH_DIR / "dlt", ignore_errors=True)
+    with warehouse.transaction(eng) as c:
+        for schema in (PEER_DATASET, f"{PEER_DATASET}_staging"):
+            c.exec_driver_sql(f'drop schema if exists "{schema}" cascade')
+    print("peer: dlt, full load ...", flush=True)
+    full = _peer_run(python, big, conn, "full")
+    print("peer: dlt, 10k increment ...", flush=True)
+    inc = _peer_run(python, increment, conn, "increment")
+    with eng.connect() as c:
+        dlt_rows, dlt_sales = c.execute(
+            text(f'select count(*), sum(sales) from "{PEER_DATASET}".fact_ventas')  # noqa: S608 - fixed name
+        ).one()
+        ours_rows, ours_sales = c.execute(
+            text(
+                "select count(*), sum(sales) from staging.fact_operaciones_ventas "
+                "where run_id = any(:runs)"
+            ),
+            {"runs": ours_runs},
+        ).one()
+    valid, new = _expected(big).get("valid"), _expected(increment).get("new")
+    return {
+        "full_seconds": full["wall_seconds"],
+        "increment_seconds": inc["wall_seconds"],
+        "full": full,
+        "increment": inc,
+        "fact_rows": dlt_rows,
+        "ours_fact_rows": ours_rows,
+        "expected_fact_rows": valid + new if valid is not None and new is not None else None,
+        "same_sales_total": dlt_sales == ours_sales,
+        "settings": full["settings"],
+        "versions": full["versions"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--no-peer", action="store_true", help="do not run the peer (dlt)")
     args = parser.parse_args()
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     services.use_services()
@@ -238,7 +379,7 @@ def main() -> None:
     print(f"generating {args.rows:,} lines ...", flush=True)
     big = _generated(args.rows, seed=7)
     tiny = _generated(100, seed=11, bad_every=0)
-    delta = _generated(10_000, seed=13, bad_every=0)
+    delta = _increment(args.rows)
     mb = big.stat().st_size / 1e6
 
     print("naive (pandas read_csv + default to_sql) ...", flush=True)
@@ -255,8 +396,14 @@ def main() -> None:
     ours["fact_merge"] = _fact_merge(eng, ours["run_id"])
     print("ceiling (psql \\copy) ...", flush=True)
     copy = ceiling(eng, ours["run_id"], params)
-    print("incremental (10k lines onto the big warehouse) ...", flush=True)
+    print("incremental (10k lines onto the big warehouse: 5k changed, 5k new) ...", flush=True)
     incremental = _run(delta, "incremental")
+    incremental["fact_merge"] = _fact_merge(eng, incremental["run_id"])
+    peers = {}
+    if not args.no_peer:
+        conn = get_connection(params["postgres_conn_id"])
+        runs = [ours["run_id"], incremental["run_id"]]
+        peers["dlt"] = peer(eng, conn, big, delta, runs)
 
     load = next(s for s in steps if s["step"] == "load")
     results = {
@@ -268,6 +415,7 @@ def main() -> None:
         "ceiling": copy,
         "naive": slow,
         "incremental": incremental,
+        "peer": peers,
         "bench_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
         "ratios": {
             "load_vs_copy_ceiling": round((copy["seconds"] / load["wall_seconds"]), 2),
@@ -311,10 +459,52 @@ def print_table(r: dict) -> None:
         f"naive (read_csv + default to_sql): {n['seconds']} s ({label}; "
         f"peak RSS {n['slice_peak_rss_mb']} MB on the slice)"
     )
-    print(f"incremental 10k-line delivery onto the warehouse: {r['incremental']['wall_seconds']} s")
+    inc = r["incremental"]
+    merged = inc.get("fact_merge") or {}
+    how = (
+        f" ({merged['inserted']:,} fact lines inserted, {merged['updated']:,} updated)"
+        if merged.get("inserted") is not None
+        else ""
+    )
+    print(f"incremental 10k-line delivery onto the warehouse: {inc['wall_seconds']} s{how}")
     print(
         f"ratios: load / ceiling = {r['ratios']['load_vs_copy_ceiling']}x speed; "
         f"ours vs naive = {r['ratios']['ours_vs_naive_speedup']}x faster"
+    )
+    if r.get("peer", {}).get("dlt"):
+        print_peer(r["peer"]["dlt"], o["wall_seconds"], inc["wall_seconds"])
+
+
+def print_peer(d: dict, ours_full: float, ours_increment: float) -> None:
+    """The peer's lines of the table: dlt's times against ours, and whether they loaded the
+    same fact lines."""
+    s, v = d["settings"], d["versions"]
+    formats = sorted(set(d["full"].get("loaded_as", {}).values())) or ["?"]
+    print(
+        f"\npeer: dlt {v['dlt']} (pyarrow {v['pyarrow']} CSV reader, {s['chunk_rows']:,}-line "
+        f"Arrow chunks, loaded from {'/'.join(formats)} files of {s['file_max_items']:,} rows"
+        f"{' through ADBC' if formats == ['parquet'] else ''}, merge delete-insert on the keys, "
+        f"{s['load_workers']} load workers); times are whole runs: ours the DAG with its "
+        "start-up, dlt its process"
+    )
+    for label, ours, theirs in (
+        ("full load", ours_full, d["full_seconds"]),
+        ("10k increment", ours_increment, d["increment_seconds"]),
+    ):
+        print(f"{label}: ours {ours} s, dlt {theirs} s, ours/dlt {ours / theirs:.1f}x")
+    full, inc = d["full"], d["increment"]
+    print(
+        f"dlt inside its process: full {full['seconds']} s (extract {full['phases']['extract']}, "
+        f"normalize {full['phases']['normalize']}, load {full['phases']['load']}), peak RSS "
+        f"{full['peak_rss_mb']} MB; increment {inc['seconds']} s; lines left out by its "
+        f"checks: {full['rejected']:,}"
+    )
+    expected = d["expected_fact_rows"]
+    same = "the same" if d["same_sales_total"] else "DIFFERENT"
+    print(
+        f"fact rows after both: ours {d['ours_fact_rows']:,}, dlt {d['fact_rows']:,}, "
+        f"expected {f'{expected:,}' if expected is not None else '?'} (the valid lines of the "
+        f"file plus the new ones of the increment); sales total {same}"
     )
 
 

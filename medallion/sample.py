@@ -440,6 +440,61 @@ def write_generated(
     return path
 
 
+def _changed(line: dict[str, str]) -> dict[str, str]:
+    """The same line (same row id) delivered again with another quantity, and the amounts that
+    go with it."""
+    quantity = int(line["quantity"])
+    new_quantity = quantity % 9 + 1  # 1..9, never the old one
+    factor = Decimal(new_quantity) / Decimal(quantity)
+    return {
+        **line,
+        "quantity": str(new_quantity),
+        "sales": _money(Decimal(line["sales"]) * factor),
+        "profit": _money(Decimal(line["profit"]) * factor),
+    }
+
+
+def write_increment(
+    rows: int,
+    out: Path,
+    seed: int = 7,
+    bad_every: int = 1000,
+    changed: int = 5_000,
+    new: int = 5_000,
+) -> Path:
+    """A second delivery onto the file of ``write_generated(rows, seed=seed, bad_every=...)``:
+    ``changed`` of its valid lines again (same row ids, spread over the file) with another
+    quantity and the amounts that go with it, then ``new`` lines whose row ids follow the file's
+    last one. No bad lines. The generator is replayed, not the file read, so the same
+    arguments always give the same bytes."""
+    out.mkdir(parents=True, exist_ok=True)
+    gen = Generator(
+        seed=seed, customers=max(100, rows // 20), products=max(100, min(rows // 10, 50_000))
+    )
+    first_row_id = 10_000_000 * seed
+    step = max(1, rows // changed)
+    picked = []
+    for i, (line, rule) in enumerate(
+        _with_bad_lines(gen.lines(rows, first_row_id=first_row_id), BAD_RULES, bad_every)
+    ):
+        if rule is None and i % step == step // 2 and len(picked) < changed:
+            picked.append(_changed(line))
+    # the generator goes on where the file ended: new orders, new row ids
+    fresh = gen.lines(new, first_row_id=first_row_id + rows)
+    lines = ((line, None) for line in [*picked, *fresh])
+    path = out / f"ventas_{rows}_increment_{changed}_{new}.csv"
+    expected = Expected()
+    write_csv(path, lines, expected)
+    summary = expected.as_dict()
+    summary["customers"], summary["products"] = len(summary["customers"]), len(summary["products"])
+    summary["changed"], summary["new"] = len(picked), expected.lines - len(picked)
+    expected_file = out.parent / f"{out.name}.expected.json"
+    accounts = json.loads(expected_file.read_text()) if expected_file.exists() else {}
+    accounts[path.name] = summary
+    expected_file.write_text(json.dumps(accounts, indent=1, sort_keys=True) + "\n")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
