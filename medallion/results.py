@@ -80,23 +80,25 @@ def staging_rows(db: Engine) -> pd.DataFrame:
     return _frame(db, counts)
 
 
-# -- for analysts: the whole warehouse ------------------------------------------------------
-# The same figures as from staging.vw_operaciones_ventas, but summed over the fact by its
-# integer surrogate keys first and named after: grouping a million lines by product name (text)
-# costs several times more. Every fact line has its customer and product (foreign keys), so the
-# sums are the view's.
+# -- for analysts: what the run published ------------------------------------------------------
+# The view's figures (staging.vw_operaciones_ventas) for the fact lines the run inserted or
+# updated (a line keeps the id of the last run that wrote it; the fact's index on run_id finds
+# them), so that a run's record costs what the run brought, not what the warehouse holds. Summed
+# by the integer surrogate keys first and named after; every fact line has its customer and
+# product (foreign keys), so the sums are the view's.
 
 
-def sales_by_month(db: Engine) -> pd.DataFrame:
+def sales_by_month(db: Engine, run_id: str) -> pd.DataFrame:
     return _frame(
         db,
         """select date_trunc('month', order_date)::date as month,
                   sum(sales)::float8 as sales, sum(profit)::float8 as profit
-           from staging.fact_operaciones_ventas group by 1 order by 1""",
+           from staging.fact_operaciones_ventas where run_id = :r group by 1 order by 1""",
+        r=run_id,
     ).set_index("month")
 
 
-def sales_by_region_and_segment(db: Engine) -> pd.DataFrame:
+def sales_by_region_and_segment(db: Engine, run_id: str) -> pd.DataFrame:
     """Sales per region (rows) and segment (columns)."""
     return _frame(
         db,
@@ -104,19 +106,21 @@ def sales_by_region_and_segment(db: Engine) -> pd.DataFrame:
                   coalesce(c.segment, '(sin segmento)') as segment, sum(f.sales)::float8 as sales
            from staging.fact_operaciones_ventas as f
            join staging.dim_cliente as c using (cliente_key)
+           where f.run_id = :r
            group by 1, 2""",
+        r=run_id,
     ).pivot_table(index="region", columns="segment", values="sales", fill_value=0)
 
 
-def top_products(db: Engine, n: int = 10) -> pd.DataFrame:
-    return _top(db, "inventario", "product_id", "product_name", n)
+def top_products(db: Engine, run_id: str, n: int = 10) -> pd.DataFrame:
+    return _top(db, run_id, "inventario", "product_id", "product_name", n)
 
 
-def top_customers(db: Engine, n: int = 10) -> pd.DataFrame:
-    return _top(db, "cliente", "customer_id", "customer_name", n)
+def top_customers(db: Engine, run_id: str, n: int = 10) -> pd.DataFrame:
+    return _top(db, run_id, "cliente", "customer_id", "customer_name", n)
 
 
-def _top(db: Engine, dimension: str, key: str, name: str, n: int) -> pd.DataFrame:
+def _top(db: Engine, run_id: str, dimension: str, key: str, name: str, n: int) -> pd.DataFrame:
     """The ``n`` natural keys with the most sales: key, name, sales, profit. Summed per
     surrogate key, then per natural key (a customer's versions, SCD type 2)."""
     return _frame(
@@ -124,10 +128,11 @@ def _top(db: Engine, dimension: str, key: str, name: str, n: int) -> pd.DataFram
         f"""select d.{key}, max(d.{name}) as {name}, sum(t.sales)::float8 as sales,
                    sum(t.profit)::float8 as profit
             from (select {dimension}_key, sum(sales) as sales, sum(profit) as profit
-                  from staging.fact_operaciones_ventas group by 1) as t
+                  from staging.fact_operaciones_ventas where run_id = :r group by 1) as t
             join staging.dim_{dimension} as d using ({dimension}_key)
             group by d.{key}
             order by sum(t.sales) desc, d.{key} limit :n""",  # noqa: S608 - our column names
+        r=run_id,
         n=n,
     )
 

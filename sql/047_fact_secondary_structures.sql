@@ -1,7 +1,7 @@
--- The fact's primary key, its foreign keys to both dimensions and the indexes on them, in one
--- place. staging.fact_secondary_structures(true) creates whatever is missing (idempotent: the
--- bootstrap calls it below); (false) drops the foreign keys and their indexes, and with
--- p_primary_key the primary key too. The merge drops them for a delivery that is large next to
+-- The fact's primary key, its foreign keys to both dimensions and the indexes on them (and the
+-- one on run_id), in one place. staging.fact_secondary_structures(true) creates whatever is
+-- missing (idempotent: the bootstrap calls it below); (false) drops the foreign keys and the
+-- indexes, and with p_primary_key the primary key too. The merge drops them for a delivery that is large next to
 -- the fact and creates them again in the same transaction: a foreign key checked row by row
 -- costs two lookups per inserted line (about 10 s per million lines measured here) and a
 -- primary key grown line by line in random order costs about 3.5 s per million more than one
@@ -24,6 +24,7 @@ begin
             drop constraint if exists fact_operaciones_ventas_inventario_key_fkey;
         drop index if exists staging.fact_operaciones_ventas_cliente_key_idx;
         drop index if exists staging.fact_operaciones_ventas_inventario_key_idx;
+        drop index if exists staging.fact_operaciones_ventas_run_id_idx;
         if p_primary_key then
             alter table staging.fact_operaciones_ventas
                 drop constraint if exists fact_operaciones_ventas_pkey;
@@ -38,6 +39,9 @@ begin
         on staging.fact_operaciones_ventas (cliente_key);
     create index if not exists fact_operaciones_ventas_inventario_key_idx
         on staging.fact_operaciones_ventas (inventario_key);
+    -- the lines a run wrote (its result notebook, 05_resultado, reads only those)
+    create index if not exists fact_operaciones_ventas_run_id_idx
+        on staging.fact_operaciones_ventas (run_id);
     foreach v_key in array array['cliente_key', 'inventario_key'] loop
         if not exists (select 1 from pg_constraint
                        where conname = format('fact_operaciones_ventas_%s_fkey', v_key)) then

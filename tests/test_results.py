@@ -1,4 +1,5 @@
-"""The result notebook's figures (medallion.results) against the analysts' view they stand for."""
+"""The result notebook's figures (medallion.results) against the analysts' view they stand for,
+for the lines the run wrote."""
 
 from decimal import Decimal
 
@@ -10,38 +11,55 @@ from medallion import results
 from tests.test_warehouse import Delivery, merge, new_prefix
 
 
-def view(db, sql: str) -> pd.DataFrame:
+def view(db, sql: str, run_id: str) -> pd.DataFrame:
+    """``sql`` on the view's rows of the fact lines the run wrote (``{lines}``)."""
+    lines = (
+        "staging.vw_operaciones_ventas where line_key in "
+        "(select line_key from staging.fact_operaciones_ventas where run_id = :r)"
+    )
     with db.connect() as conn:
-        return pd.read_sql(text(sql), conn)
+        return pd.read_sql(text(sql.format(lines=lines)), conn, params={"r": run_id})
 
 
 @pytest.fixture
-def published(db) -> None:
-    """A run with two customers, one of them in two segments' worth of lines, and two products."""
+def runs(db) -> tuple[str, str]:
+    """Two runs: the second corrects one line of the first and adds one."""
     p = new_prefix()
-    run = (
+    first = (
         Delivery(p, f"{p}-r1")
         .line(1, customer="C1", product="P1", sales=Decimal("10.5"), profit=Decimal("1.25"))
         .line(2, customer="C2", product="P1", sales=Decimal("99.0001"), region="Norte")
         .line(3, customer="C2", product="P2", sales=Decimal("0.0001"), region=None)
     )
-    merge(db, run.load(db).run_id)
+    merge(db, first.load(db).run_id)
+    second = (
+        Delivery(p, f"{p}-r2")
+        .line(2, customer="C2", product="P1", sales=Decimal("5"), region="Norte")
+        .line(4, customer="C3", product="P3", sales=Decimal("7.25"))
+    )
+    merge(db, second.load(db).run_id)
+    return first.run_id, second.run_id
 
 
-def test_sales_by_month_and_region_are_the_views(db, published):
+@pytest.mark.parametrize("which", [0, 1])
+def test_sales_by_month_and_region_are_the_views(db, runs, which):
+    run_id = runs[which]
     by_month = view(
         db,
         "select make_date(order_year, order_month, 1) as month, sum(sales)::float8 as sales, "
-        "sum(profit)::float8 as profit from staging.vw_operaciones_ventas group by 1 order by 1",
+        "sum(profit)::float8 as profit from {lines} group by 1 order by 1",
+        run_id,
     ).set_index("month")
-    pd.testing.assert_frame_equal(results.sales_by_month(db), by_month)
+    assert len(by_month)
+    pd.testing.assert_frame_equal(results.sales_by_month(db, run_id), by_month)
     by_region = view(
         db,
         "select coalesce(region, '(sin región)') as region, "
         "coalesce(segment, '(sin segmento)') as segment, sum(sales)::float8 as sales "
-        "from staging.vw_operaciones_ventas group by 1, 2",
+        "from {lines} group by 1, 2",
+        run_id,
     ).pivot_table(index="region", columns="segment", values="sales", fill_value=0)
-    pd.testing.assert_frame_equal(results.sales_by_region_and_segment(db), by_region)
+    pd.testing.assert_frame_equal(results.sales_by_region_and_segment(db, run_id), by_region)
 
 
 @pytest.mark.parametrize(
@@ -51,12 +69,20 @@ def test_sales_by_month_and_region_are_the_views(db, published):
         (results.top_customers, "customer_id", "customer_name"),
     ],
 )
-def test_the_top_ten_are_the_views(db, published, top, key, name):
-    expected = view(
-        db,
-        f"select {key}, max({name}) as {name}, sum(sales)::float8 as sales, "
-        f"sum(profit)::float8 as profit from staging.vw_operaciones_ventas group by {key} "
-        f"order by sum(sales) desc, {key} limit 10",
-    )
-    assert len(expected) > 0
-    pd.testing.assert_frame_equal(top(db, 10), expected)
+def test_the_top_ten_are_the_views_for_the_runs_lines(db, runs, top, key, name):
+    first, second = runs
+    for run_id, lines in ((first, 2), (second, 2)):  # the first run's line 2 is the second's now
+        expected = view(
+            db,
+            f"select {key}, max({name}) as {name}, sum(sales)::float8 as sales, "
+            f"sum(profit)::float8 as profit from {{lines}} group by {key} "
+            f"order by sum(sales) desc, {key} limit 10",
+            run_id,
+        )
+        assert len(expected) == lines
+        pd.testing.assert_frame_equal(top(db, run_id, 10), expected)
+
+
+def test_a_run_that_changed_nothing_has_no_figures(db, runs):
+    assert results.sales_by_month(db, "no-such-run").empty
+    assert results.top_products(db, "no-such-run", 10).empty
