@@ -18,7 +18,11 @@ class RunNotPublished(RuntimeError):
 
 
 def _frame(db: Engine, sql: str, **params) -> pd.DataFrame:
-    with db.connect() as conn:
+    with db.connect() as conn, conn.begin():
+        # A run's lines are found through the index on run_id (a bitmap scan), then read in
+        # table order: walking a whole first load by the key indexes costs several times more
+        # (30 s instead of 5 s for the top products of 10M lines, measured).
+        conn.execute(text("set local enable_indexscan = off"))
         return pd.read_sql(text(sql), conn, params=params)
 
 

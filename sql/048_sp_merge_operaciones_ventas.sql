@@ -93,6 +93,8 @@ begin
                     call staging.insert_fact_operaciones_ventas(p_run_id, v_inserted, v_sales,
                                                                 v_orphans);
                     call staging.fact_secondary_structures(true);
+                    -- statistics of the filled fact for what reads it next (notebook 05)
+                    analyze staging.fact_operaciones_ventas;
                     v_updated := 0;
                     v_source := v_inserted;
                     v_how := 'insert (first load)';
