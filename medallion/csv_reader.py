@@ -36,6 +36,7 @@ from medallion.formats import (
     open_text,
     printable,
     too_long,
+    utf8_valid,
 )
 
 
@@ -242,13 +243,15 @@ def _parse_block(
     """(records of the block, its blank, malformed and too long lines, physical lines in it),
     or None when a quoted field may span lines, which only the line-by-line reader can
     resolve."""
-    try:
-        text = block.decode(fmt.encoding)
-    except UnicodeDecodeError as err:
-        raise InputFileError(
-            f"{source}: not valid {fmt.encoding} text after line {first_line} ({err.reason})."
-        ) from err
-    utf8 = block if fmt.encoding in ("utf-8", "utf-8-sig") else text.encode()
+    utf8 = block
+    # UTF-8 is checked by Arrow (faster than decoding it); the decoder names what is wrong
+    if fmt.encoding not in ("utf-8", "utf-8-sig") or not utf8_valid(block):
+        try:
+            utf8 = block.decode(fmt.encoding).encode()
+        except UnicodeDecodeError as err:
+            raise InputFileError(
+                f"{source}: not valid {fmt.encoding} text after line {first_line} ({err.reason})."
+            ) from err
     # one Arrow string over the UTF-8 bytes as they are (pa.array of the str would encode it
     # again, holding the GIL: most of the reader's time)
     whole = pa.LargeStringArray.from_buffers(

@@ -109,6 +109,26 @@ def to_arrow(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+# Up to this many runs of kept rows, a chunk's silver rows are zero-copy slices of its typed
+# table; more (a chunk with many rejects) are copied by Arrow's filter. Filtering copies every
+# column: 0.2-0.5 s of CPU per 1M lines with one reject in a thousand (issue 12).
+MAX_SLICES = 256
+
+
+def without_rows(table: pa.Table, drop: np.ndarray) -> pa.Table:
+    """``table`` without the rows where ``drop`` is True, in order: the runs of kept rows as
+    slices (no copy) when they are few, else Arrow's filter."""
+    if not drop.any():
+        return table
+    # starts and ends of the runs of kept rows: where ``drop`` changes
+    edges = np.flatnonzero(np.diff(np.concatenate(([True], drop, [True])).astype(np.int8)))
+    starts, ends = edges[0::2], edges[1::2]
+    if len(starts) > MAX_SLICES:
+        return table.filter(pa.array(~drop))
+    parts = [table.slice(a, b - a) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    return pa.concat_tables(parts) if parts else table.slice(0, 0)
+
+
 def silver_keys(bronze_key: str, run_id: str) -> tuple[str, str]:
     """Silver and quarantine keys of a bronze object in a run: a retry of the run overwrites
     its own output with the same rows; another run (even on the same bytes, at the same
@@ -196,17 +216,33 @@ def clean_file(
     if delivered != Path(bronze_key).name:  # the key has a safe form of the delivered name
         label = f"{source} (delivered as '{printable(delivered)}')"
     silver_key, quarantine_key = silver_keys(bronze_key, run_id)
+    silver_schema, quarantine_schema = contract.silver_schema, contract.quarantine_schema
     with (
         storage.downloaded(client, bronze_bucket, bronze_key) as path,
-        storage.ParquetUpload(client, silver_bucket, silver_key, contract.silver_schema) as out,
         storage.ParquetUpload(
-            client, silver_bucket, quarantine_key, contract.quarantine_schema
+            client, silver_bucket, silver_key, silver_schema, _dictionary(silver_schema, contract)
+        ) as out,
+        storage.ParquetUpload(
+            client,
+            silver_bucket,
+            quarantine_key,
+            quarantine_schema,
+            _dictionary(quarantine_schema, contract),
         ) as quarantine,
     ):
         report = clean_path(path, source, contract, run_id, batch_size, out, quarantine, label)
     report.silver_key = silver_key if report.rows_out else None
     report.quarantine_key = quarantine_key if report.quarantined else None
     return report
+
+
+def _dictionary(schema: pa.Schema, contract: Contract) -> list[str]:
+    """The columns worth a Parquet dictionary: all but those with a value of each line's own
+    (its keys, line number, raw text) and the amounts. Measured on 1M silver rows: encoding
+    1.18 s -> 0.95 s of CPU, 39 MB -> 30 MB (issue 12)."""
+    own = {"line_key", "source_line", "raw_record", contract.source_id}
+    own |= {c.name for c in contract.columns.values() if c.type == "decimal"}
+    return [name for name in schema.names if name not in own]
 
 
 @dataclass
@@ -295,9 +331,7 @@ def _clean_chunks(
         rejected = (verdict.reasons != "").to_numpy(dtype=bool)
         # the whole chunk is typed by Arrow, then split (a rejected row's values are missing
         # where they could not be typed); the few rejected rows keep their text
-        good = to_arrow(chunk, contract.silver_schema, constants)
-        if rejected.any():
-            good = good.filter(pa.array(~rejected))
+        good = without_rows(to_arrow(chunk, contract.silver_schema, constants), rejected)
         out.write(good)
         report.sales_total += pc.sum(good.column("sales")).as_py() or Decimal(0)
         quarantine.write(

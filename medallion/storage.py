@@ -184,11 +184,22 @@ class ParquetUpload:
     caller prepares the next batch meanwhile; at most two batches wait, which bounds memory.
     """
 
-    def __init__(self, client: Minio, bucket: str, key: str, schema: pa.Schema):
+    def __init__(
+        self,
+        client: Minio,
+        bucket: str,
+        key: str,
+        schema: pa.Schema,
+        dictionary: bool | list[str] = True,
+    ):
+        """``dictionary``: the columns to dictionary-encode (default all); a column of values
+        unique to each row gains nothing from it but the cost of building the dictionary."""
         self.client, self.bucket, self.key, self.schema = client, bucket, key, schema
         self._tmp = work_dir()
         self.path = Path(self._tmp.name) / "part.parquet"
-        self._writer = pq.ParquetWriter(self.path, schema, compression="zstd")
+        self._writer = pq.ParquetWriter(
+            self.path, schema, compression="zstd", use_dictionary=dictionary
+        )
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
         self._pending: deque[Future] = deque()
         self.rows = 0

@@ -256,3 +256,41 @@ def test_every_typed_value_is_the_delivered_one_whatever_the_chunking(contract, 
         source = delivered[row["row_id"]]
         assert row["quantity"] == int(source["Quantity"]), row
         assert row["sales"] == Decimal(source["Sales"]), row
+
+
+@pytest.fixture(scope="module")
+def larger_files(tmp_path_factory):
+    """Files of more than a megabyte: UTF-8 throughout, UTF-8 but for a cp1252 line near the
+    end (the whole file decides its encoding), and gzip."""
+    import gzip
+
+    from medallion import sample
+
+    folder = tmp_path_factory.mktemp("larger")
+    utf8 = sample.write_generated(6_000, folder / "utf8", bad_every=50).read_bytes()
+    assert len(utf8) > 1 << 20
+    late = utf8 + GOOD.replace("1,ES-1", "9999999,ES-9", 1).encode("cp1252") + b"\n"
+    assert b"\xed" in late  # 'í' of 'Díaz' in cp1252: not UTF-8
+    files = {"utf8.csv": utf8, "late_cp1252.csv": late, "gzip.csv.gz": gzip.compress(utf8)}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["utf8.csv", "late_cp1252.csv", "gzip.csv.gz"])
+def test_clean_file_through_s3_gives_what_a_local_file_gives(
+    larger_files, name, contract, s3, params
+):
+    path = larger_files / name
+    delivery = bronze.ingest_file(s3, params["bronze_bucket"], path)
+    report = silver.clean_file(
+        s3, params["bronze_bucket"], delivery.key, params["silver_bucket"], "t-larger", contract
+    )
+    local, good, bad = silver.clean_local(path, contract)
+    assert {**report.as_row(), "source_object": None} == {**local.as_row(), "source_object": None}
+    source = report.source_object
+    assert report.rule_rows() == [{**r, "source_object": source} for r in local.rule_rows()]
+    for key, table in ((report.silver_key, good), (report.quarantine_key, bad)):
+        stored = storage.read_parquet(s3, params["silver_bucket"], key)
+        drop = ["source_object", "run_id"]
+        assert stored.drop_columns(drop).equals(table.drop_columns(drop))

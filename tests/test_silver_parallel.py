@@ -1,13 +1,15 @@
 """Silver's fast paths give what the plain ones give: rules on several threads, the Arrow/numpy
-date path, the sorted fingerprint set."""
+date path, the sorted fingerprint set, the split by slices, Arrow's UTF-8 check."""
 
+import codecs
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from medallion import sample, silver
+from medallion import formats, sample, silver
 from medallion.contract import load_contract
 from medallion.fingerprints import Fingerprints
 from medallion.values import _ISO, _SLASHED, parse_dates
@@ -85,3 +87,37 @@ def test_fingerprints_remember_like_a_set(bits):
                 seen.add(key)
             assert prints.add(hi, lo).tolist() == expected
         assert len(prints) == len(seen)
+
+
+@pytest.mark.pure
+def test_rows_dropped_by_slices_are_rows_filtered():
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 2, 7, 40, 2_000):
+        table = pa.table({"i": np.arange(n), "s": [f"v{i}" for i in range(n)]})
+        for share in (0.0, 0.01, 0.3, 0.9, 1.0):  # few runs (slices) and many (filter)
+            drop = rng.random(n) < share
+            kept = silver.without_rows(table, drop)
+            assert kept.equals(table.filter(pa.array(~drop, pa.bool_())))
+
+
+def _decoder_says(data: bytes) -> int | None:
+    """The reference: Python's incremental UTF-8 decoder over the whole file."""
+    try:
+        codecs.decode(data, "utf-8")
+    except UnicodeDecodeError as err:
+        return err.start
+    return None
+
+
+@pytest.mark.pure
+def test_utf8_checked_by_arrow_is_utf8_decoded(tmp_path, monkeypatch):
+    monkeypatch.setattr(formats, "_BLOCK", 8)  # characters and lines cut by blocks
+    good = "a,ñ,€\n𝄞x,\u00e9\n".encode()
+    bad = [b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80", b"\xe2\x82", b"\x81", b"\xff"]
+    cases = [good, good * 9, good.replace(b"\n", b""), b"x" * 80, good[:-3]]
+    cases += [good * 3 + b + good for b in bad] + [good * 5 + b for b in bad]
+    for i, data in enumerate(cases):
+        path = tmp_path / f"{i}.csv"
+        path.write_bytes(data)
+        assert formats._decodes(path, "utf-8", "t", None) == _decoder_says(data), data
+        assert formats.utf8_valid(data) == (_decoder_says(data) is None)
