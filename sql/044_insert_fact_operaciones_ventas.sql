@@ -1,9 +1,9 @@
--- A first load: the fact is empty, so every line of the run is new and nothing is compared or
--- looked up. The run's transit rows go in as they are (surrogate keys resolved), and the
--- statement itself returns what the publish gate checks: the lines written, their sum of sales
--- and the lines without their customer or product (unknown member). A run that delivers a line
--- key twice (a later file correcting an earlier line) does not fit: the fact's primary key,
--- built after this insert, refuses it, and the caller takes the merge instead.
+-- New lines only (a first load, a delivery of new sales: no line key of the run is in the fact),
+-- so nothing is compared. The run's transit rows go in as they are (surrogate keys resolved),
+-- and the statement itself returns what the publish gate checks: the lines written, their sum of
+-- sales and the lines without their customer or product (unknown member). A run that delivers a
+-- line key twice (a later file correcting an earlier line) does not fit: the fact's primary key
+-- (there, or built right after) refuses it, and the caller takes the merge instead.
 create or replace procedure staging.insert_fact_operaciones_ventas(
     p_run_id text,
     inout p_inserted bigint default null,

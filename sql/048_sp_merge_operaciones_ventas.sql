@@ -8,16 +8,17 @@
 --   (audit.run_log, step 'load'). Crash recovery empties UNLOGGED tables; a merge of what is
 --   left would publish a partial run, so it fails at once (SQLSTATE MDT01) and the DAG's
 --   merge task reloads the rows from gold before it calls the merge again;
--- * a first load (the fact is empty) inserts the run's lines without comparing them, and the
---   insert's own counts go to the gate (staging.insert_fact_operaciones_ventas); otherwise
---   sources are the *_latest views: one row per key, so no target row is met twice;
+-- * a run whose line keys are all new to the fact (a first load, a delivery of new sales)
+--   inserts its lines without comparing them, and the insert's own counts go to the gate
+--   (staging.insert_fact_operaciones_ventas); otherwise sources are the *_latest views: one
+--   row per key, so no target row is met twice;
 -- * only rows whose values changed are updated (IS DISTINCT FROM): a re-run changes nothing;
 -- * dim_cliente as SCD type 1 (default) or 2 (p_scd_type => 2);
 -- * inserted / updated / unchanged per table go to audit.run_log;
 -- * a delivery of at least p_bulk_min_lines lines and a fifth of the fact (a reload, a
 --   large delivery onto a small fact) is merged without the fact's primary key, foreign keys
 --   and their indexes, which are built again, and validated in one pass, before the procedure
---   ends (staging.fact_secondary_structures); a first load too.
+--   ends (staging.fact_secondary_structures); the same for a large insert of new lines.
 -- MERGE needs PostgreSQL 15 or newer (medallion.warehouse.apply_sql refuses older servers).
 -- The run's transit rows stay until the commit: staging.sp_clear_transit removes them after it.
 drop procedure if exists staging.sp_merge_operaciones_ventas(text);
@@ -40,6 +41,7 @@ declare
     v_updated  bigint;
     v_started  timestamptz;
     v_bulk     boolean;
+    v_empty    boolean;
     v_how      text;
     v_sales    numeric;
     v_orphans  bigint;
@@ -83,21 +85,37 @@ begin
             v_started := clock_timestamp();
             v_how := 'merge';
             if v_table = 'fact_operaciones_ventas'
-               and not exists (select 1 from staging.fact_operaciones_ventas) then
-                -- A first load: inserted as delivered, keys and checks built once at the end.
+               and not exists (select 1 from public.bulk_fact_operaciones_ventas as b
+                               join staging.fact_operaciones_ventas as f using (line_key)
+                               where b.run_id = p_run_id) then
+                -- New lines only (a first load, a delivery of new sales): inserted as
+                -- delivered, nothing compared; a large delivery builds the keys once after.
+                v_empty := not exists (select 1 from staging.fact_operaciones_ventas);
+                select count(*) >= p_bulk_min_lines
+                       and count(*) * 5 >= (select greatest(reltuples, 0) from pg_class
+                                            where oid = 'staging.fact_operaciones_ventas'::regclass)
+                into v_bulk
+                from public.bulk_fact_operaciones_ventas where run_id = p_run_id;
+                v_bulk := v_bulk or v_empty;
                 begin
-                    call staging.fact_secondary_structures(false, true);
-                    -- empty already; emptied in this transaction, it is written without WAL
-                    -- on a server with wal_level = minimal (the embedded one)
-                    truncate staging.fact_operaciones_ventas;
+                    if v_bulk then
+                        call staging.fact_secondary_structures(false, true);
+                    end if;
+                    if v_empty then
+                        -- empty already; emptied in this transaction, it is written without
+                        -- WAL on a server with wal_level = minimal (the embedded one)
+                        truncate staging.fact_operaciones_ventas;
+                    end if;
                     call staging.insert_fact_operaciones_ventas(p_run_id, v_inserted, v_sales,
                                                                 v_orphans);
-                    call staging.fact_secondary_structures(true);
-                    -- statistics of the filled fact for what reads it next (notebook 05)
-                    analyze staging.fact_operaciones_ventas;
+                    if v_bulk then
+                        call staging.fact_secondary_structures(true);
+                        -- statistics of the filled fact for what reads it next (notebook 05)
+                        analyze staging.fact_operaciones_ventas;
+                    end if;
                     v_updated := 0;
                     v_source := v_inserted;
-                    v_how := 'insert (first load)';
+                    v_how := case when v_bulk then 'insert (bulk)' else 'insert' end;
                     v_staged := jsonb_build_object(
                         'lines', v_inserted, 'sales', v_sales, 'staged_lines', v_inserted,
                         'staged_sales', v_sales, 'orphans', v_orphans);

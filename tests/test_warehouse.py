@@ -364,14 +364,15 @@ def test_bulk_merge_gives_the_same_result_and_restores_keys_and_indexes(db):
     )
     lines = max(6, facts // 5 + 1)  # a fifth of the fact or more: the bulk path
     p = new_prefix()
-    delivery = Delivery(p, f"{p}-r1")
+    merge(db, Delivery(p, f"{p}-r0").line(1, customer="C1", name="Cliente 1").load(db).run_id)
+    delivery = Delivery(p, f"{p}-r1")  # line 1 is in the fact already: a merge
     for i in range(1, lines + 1):
         delivery.line(i, customer=f"C{i % 3}", name=f"Cliente {i % 3}")
     delivery.load(db)
     assert merge(db, delivery.run_id, bulk_min=5)["fact_operaciones_ventas"] == {
-        "inserted": lines,
+        "inserted": lines - 1,
         "updated": 0,
-        "unchanged": 0,
+        "unchanged": 1,
     }
     assert strategy(db, delivery.run_id) == "merge (bulk)"
     assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
@@ -412,7 +413,7 @@ def empty_warehouse():
     eng.dispose()
 
 
-def test_a_first_load_inserts_without_comparing_and_builds_the_keys_once(empty_warehouse):
+def test_new_lines_are_inserted_without_comparing_and_keys_built_once(empty_warehouse):
     db = empty_warehouse
     p = new_prefix()
     first = Delivery(p, f"{p}-r1").line(1).line(2, customer="C2", sales=Decimal("1.5")).load(db)
@@ -421,7 +422,7 @@ def test_a_first_load_inserts_without_comparing_and_builds_the_keys_once(empty_w
         "updated": 0,
         "unchanged": 0,
     }
-    assert strategy(db, first.run_id) == "insert (first load)"
+    assert strategy(db, first.run_id) == "insert (bulk)"
     assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
     assert scalar(db, "select count(*) from pg_constraint where conname = :c",
                   c="fact_operaciones_ventas_pkey") == 1  # fmt: skip
@@ -443,6 +444,11 @@ def test_a_first_load_inserts_without_comparing_and_builds_the_keys_once(empty_w
         "unchanged": 0,
     }
     assert strategy(db, second.run_id) == "merge"
+    # new lines only, onto a fact that holds lines: inserted, with its keys and checks in place
+    third = Delivery(p, f"{p}-r3").line(5).line(6).load(db)
+    assert merge(db, third.run_id)["fact_operaciones_ventas"]["inserted"] == 2
+    assert strategy(db, third.run_id) == "insert"
+    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
 
 
 def test_a_first_load_that_repeats_a_line_key_is_merged_the_latest_wins(empty_warehouse):
@@ -476,6 +482,7 @@ def test_duplicate_keys_in_transit_merge_once_the_latest_wins(db):
     p = new_prefix()
     run = Delivery(p, f"{p}-r1").line(1, quantity=1).line(1, quantity=7).load(db)
     assert merge(db, run.run_id)["fact_operaciones_ventas"]["inserted"] == 1
+    assert strategy(db, run.run_id) == "merge"
     assert (
         scalar(
             db,
