@@ -76,12 +76,18 @@ def merge_counts(db: Engine, run_id: str) -> pd.DataFrame:
 
 
 def staging_rows(db: Engine) -> pd.DataFrame:
-    """Rows now in each staging table and in the view."""
-    tables = [*warehouse.TRANSIT_TABLES, "vw_operaciones_ventas"]  # keyed by staging table
+    """Rows now in each staging table and in the view. The view joins each fact line to its
+    customer and product, which its validated foreign keys guarantee: it holds one row per fact
+    line, so the fact's count is the view's (counting the join again would read every line)."""
     counts = " union all ".join(
-        f"select 'staging.{t}' as \"table\", count(*) as rows from staging.{t}" for t in tables
+        f"select 'staging.{t}' as \"table\", count(*) as rows from staging.{t}"  # noqa: S608
+        for t in warehouse.TRANSIT_TABLES  # keyed by staging table
     )
-    return _frame(db, counts)
+    with db.connect() as conn:  # index-only scans: a count need not read the lines
+        rows = pd.read_sql(text(counts), conn)
+    fact = rows.loc[rows["table"] == "staging.fact_operaciones_ventas", "rows"].iloc[0]
+    view = pd.DataFrame([{"table": "staging.vw_operaciones_ventas", "rows": fact}])
+    return pd.concat([rows, view], ignore_index=True)
 
 
 # -- for analysts: what the run published ------------------------------------------------------

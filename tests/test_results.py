@@ -86,3 +86,10 @@ def test_the_top_ten_are_the_views_for_the_runs_lines(db, runs, top, key, name):
 def test_a_run_that_changed_nothing_has_no_figures(db, runs):
     assert results.sales_by_month(db, "no-such-run").empty
     assert results.top_products(db, "no-such-run", 10).empty
+
+
+def test_staging_rows_are_each_tables_and_the_views_count(db, runs):
+    rows = results.staging_rows(db).set_index("table")["rows"]
+    with db.connect() as conn:
+        for table in rows.index:
+            assert rows[table] == conn.execute(text(f"select count(*) from {table}")).scalar_one()
