@@ -241,11 +241,14 @@ def test_kernel_killed_while_silver_writes_is_retried_to_exact_counts(db, tmp_pa
         return any(map(_cleaning, OUTPUTS.glob("*/02_silver_clean__ventas_kill.csv.ipynb")))
 
     wait_for(cleaning, "notebook 02's cleaning cell")
-    kernels = [
-        p for p in psutil.Process(run.proc.pid).children(recursive=True)
-        if "ipykernel" in " ".join(p.cmdline())
-    ]  # fmt: skip
-    assert len(kernels) == 1, kernels
+    kernels = sorted(
+        (p for p in psutil.Process(run.proc.pid).children(recursive=True)
+         if "ipykernel" in " ".join(p.cmdline())),
+        key=lambda p: p.create_time(),
+    )  # fmt: skip
+    # notebook 02's kernel, and maybe the one started ahead for the next notebook (warm
+    # kernels, medallion.kernels): notebook 02's was started first
+    assert 1 <= len(kernels) <= 2, kernels
     kernels[0].kill()
     code, output = run.wait()
     assert code == 0, output[-3000:]
