@@ -39,6 +39,7 @@ from airflow.task.trigger_rule import TriggerRule
 
 from medallion.operators import NotebookOperator, PublishOperator
 from medallion.report import record_failure
+from medallion.settings import KERNEL_NAME
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 RUN = "ti.xcom_pull(task_ids='prepare_run')"
@@ -53,7 +54,7 @@ def notebook(name: str, **kwargs) -> NotebookOperator:
     return NotebookOperator(
         task_id=name,
         input_nb=str(NOTEBOOKS / f"{name}.ipynb"),
-        kernel_name="python3",
+        kernel_name=KERNEL_NAME,
         language_name="python",
         **kwargs,
     )

@@ -8,9 +8,8 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from sqlalchemy import text
 
 from medallion import ledger, report, results, storage, warehouse
 from medallion.settings import (
+    KERNEL_NAME,
     LOCAL_DIR,
     OUTPUTS_DIR,
     PROJECT_ROOT,
@@ -41,13 +41,21 @@ def prepare_run(
     run_id: str, params_env: str | None = None, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The parameters every notebook of this run gets, and the folder for its executed copies."""
-    parameters = load_params(params_env or "local")
-    parameters.update({k: v for k, v in (overrides or {}).items() if k in OVERRIDABLE and v})
+    parameters = parameter_set(params_env, overrides)
     parameters["input_path"] = str(resolve_path(parameters["input_path"]))
     parameters["run_id"] = run_id
     output_dir = OUTPUTS_DIR / run_slug(run_id)
     output_dir.mkdir(parents=True, exist_ok=True)  # papermill does not create it
     return {"notebook_parameters": parameters, "output_dir": str(output_dir)}
+
+
+def parameter_set(
+    params_env: str | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A committed parameter set with the run's overrides (input, connection ids)."""
+    parameters = load_params(params_env or "local")
+    parameters.update({k: v for k, v in (overrides or {}).items() if k in OVERRIDABLE and v})
+    return parameters
 
 
 def discover(run: dict[str, Any], reprocess: bool = False) -> list[dict[str, Any]]:
@@ -347,7 +355,8 @@ def run_dag(
             stderr=subprocess.STDOUT,
         )
         while proc.poll() is None:
-            time.sleep(0.5)
+            with suppress(subprocess.TimeoutExpired):  # returns as soon as the child ends
+                proc.wait(timeout=0.5)
             _report(tasks, progress)
     _report(tasks, progress)
     if not result_file.exists():
@@ -409,9 +418,15 @@ def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
     from airflow.sdk import timezone
     from airflow.utils.cli import get_bagged_dag
 
-    from medallion.kernels import use_warm_kernels
+    from medallion.kernels import POOL, use_warm_kernels
+    from medallion.operators import use_connections
 
     use_warm_kernels()  # the tasks run one after the other here: kernels start ahead
+    # The first notebook's kernel boots on the other core while Airflow parses the DAG and
+    # starts its execution API, with the connections the run's tasks will resolve (if they
+    # turn out different, the notebook starts a kernel of its own).
+    use_connections(parameter_set(conf.get("params_env"), conf))
+    POOL.start_next(KERNEL_NAME)
     dag = get_bagged_dag(bundle_names=None, dag_id=DAG_ID)
     dag_run = dag.test(logical_date=timezone.utcnow(), run_conf=conf)
     state = str(getattr(dag_run.state, "value", dag_run.state))

@@ -3,11 +3,14 @@ with the task's environment; real kernels, real papermill."""
 
 import json
 import logging
+import threading
 
 import nbformat
 import papermill as pm
 import pytest
+from nbclient.exceptions import DeadKernelError
 from papermill.engines import NBClientEngine, papermill_engines
+from papermill.exceptions import PapermillExecutionError
 
 from medallion import kernels
 
@@ -16,7 +19,8 @@ SHOW = (
     "print(json.dumps([sorted(k for k in globals() if not k.startswith('_') "
     "and k not in ('In', 'Out', 'exit', 'quit', 'get_ipython', 'open')), "
     "os.environ.get('AIRFLOW_CTX_TASK_ID'), "
-    "os.environ.get('MEDALLION_TEST_SETTING'), os.getpid()]))"
+    "os.environ.get('MEDALLION_TEST_SETTING'), os.getpid(), "
+    "os.environ.get('_AIRFLOW_PARSING_CONTEXT_DAG_ID')]))"
 )
 
 
@@ -44,10 +48,10 @@ def test_the_next_notebook_gets_a_fresh_warm_kernel_with_its_tasks_variables(
     warm, monkeypatch, caplog
 ):
     monkeypatch.setenv("AIRFLOW_CTX_TASK_ID", "first")
-    names, task, _, first_pid = run(warm, "first")
+    names, task, _, first_pid, _ = run(warm, "first")
     assert (names, task) == (["json", "os"], "first")
     monkeypatch.setenv("AIRFLOW_CTX_TASK_ID", "second")
-    names, task, _, second_pid = run(warm, "second")
+    names, task, _, second_pid, _ = run(warm, "second")
     assert "started ahead (warm)" in caplog.text
     # a kernel of its own (not the first notebook's), nothing of the preload in its namespace,
     # and this task's id, not the one of the task during which it was started
@@ -59,9 +63,22 @@ def test_a_kernel_started_for_another_environment_is_not_used(warm, monkeypatch,
     monkeypatch.setenv("MEDALLION_TEST_SETTING", "before")
     run(warm, "first")
     monkeypatch.setenv("MEDALLION_TEST_SETTING", "after")  # e.g. another connection
-    *_, setting, _ = run(warm, "second")
+    *_, setting, _, _ = run(warm, "second")
     assert setting == "after"
     assert "started for another environment" in caplog.text
+
+
+def test_a_kernel_started_before_the_dag_is_parsed_serves_the_first_notebook(
+    warm, monkeypatch, caplog
+):
+    # as medallion.runs does before Airflow parses the DAG, which then sets its parsing
+    # context: a variable of the task's, handed over like the task's own
+    kernels.POOL.start_next("python3")
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "medallion_ventas")
+    monkeypatch.setenv("AIRFLOW_CTX_TASK_ID", "first")
+    names, task, _, _, dag_id = run(warm, "first")
+    assert "started ahead (warm)" in caplog.text
+    assert (names, task, dag_id) == (["json", "os"], "first", "medallion_ventas")
 
 
 def test_the_kernel_left_over_is_shut_down(warm):
@@ -70,3 +87,28 @@ def test_the_kernel_left_over_is_shut_down(warm):
     assert ready and all(km.is_alive() for km in ready)
     kernels.POOL.close()
     assert not any(km.is_alive() for km in ready)
+
+
+def test_a_warm_kernel_that_dies_mid_cell_fails_the_notebook_instead_of_hanging(warm):
+    """A killed kernel (the fault suite kills notebook 02's) must end the notebook with an
+    error that Airflow retries: the client watches the kernel while it waits for output."""
+    run(warm, "first")  # the next notebook's kernel is started ahead
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")]
+    )
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nbformat.write(notebook, warm / "dies.ipynb")
+    outcome: list[BaseException | None] = []
+
+    def execute() -> None:
+        try:
+            pm.execute_notebook(warm / "dies.ipynb", warm / "died.ipynb", progress_bar=False)
+            outcome.append(None)
+        except BaseException as err:  # noqa: BLE001 - what it raised is the point
+            outcome.append(err)
+
+    worker = threading.Thread(target=execute, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the notebook still waits for a dead kernel"
+    assert outcome and isinstance(outcome[0], DeadKernelError | PapermillExecutionError), outcome
