@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -313,23 +314,37 @@ def load_run(
     """Load a run's gold batches into ``public.bulk_<table>``: its earlier rows are removed,
     then the batches go through ``load_transit`` (``to_sql`` + binary COPY) on ``streams``
     connections at once, so that one connection's COPY runs on the server while the next
-    batch is prepared here. If any batch fails, the run's rows are removed again and the
-    error is raised: the transit table holds all of the run or none of it.
+    batch is prepared here. Each row's ``bulk_seq`` is its place in gold (the merge keeps the
+    later of two lines with one key). If any batch fails, the run's rows are removed again and
+    the error is raised: the transit table holds all of the run or none of it.
     """
     with transaction(eng) as conn:
         clear_transit(conn, table, run_id)
     source = iter(batches)
     lock = threading.Lock()
+    handed_out = 0  # rows of the batches handed to the streams so far
 
-    def next_batch() -> pa.RecordBatch | None:
+    def next_batch() -> tuple[pa.RecordBatch, int] | None:
+        """The next batch and the place of its first row in gold."""
+        nonlocal handed_out
         with lock:  # reading the Parquet file is not thread-safe
-            return next(source, None)
+            batch = next(source, None)
+            if batch is None:
+                return None
+            first, handed_out = handed_out, handed_out + batch.num_rows
+            return batch, first
 
     def stream() -> int:
         rows = 0
         with transaction(eng) as conn:
-            while (batch := next_batch()) is not None:
-                rows += load_transit(conn, table, transit_frame(batch))
+            while (item := next_batch()) is not None:
+                batch, first = item
+                frame = transit_frame(batch)
+                # each row's place in gold: the streams' COPYs run at once, so the order in
+                # which the server stores rows is not gold's (the merge keeps, per line key,
+                # the row with the highest bulk_seq: the later line)
+                frame["bulk_seq"] = np.arange(first, first + len(frame), dtype=np.int64)
+                rows += load_transit(conn, table, frame)
         return rows
 
     try:

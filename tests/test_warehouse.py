@@ -262,6 +262,25 @@ def test_load_run_replaces_the_runs_rows_over_two_streams(db):
     assert (rows, keys, sales) == (63, 63, Decimal("63.0063"))
 
 
+def test_load_run_numbers_rows_in_gold_order_though_the_streams_copy_at_once(db):
+    """bulk_seq is each row's place in gold: the merge keeps the line with the highest one
+    among lines with one key (the later line), so a COPY of the next batch running beside
+    this one's must not number its rows in between."""
+    batches = [_fact_batch("order-test", i * 5_000, 5_000) for i in range(12)]
+    loaded = warehouse.load_run(db, "fact_operaciones_ventas", "order-test", iter(batches))
+    with warehouse.transaction(db) as conn:
+        keys = conn.execute(
+            text(
+                "select line_key from public.bulk_fact_operaciones_ventas "
+                "where run_id = 'order-test' order by bulk_seq"
+            )
+        ).scalars()
+        keys = list(keys)
+        warehouse.clear_transit(conn, "fact_operaciones_ventas", "order-test")
+    assert loaded == 60_000
+    assert keys == [f"order-test-{i}" for i in range(60_000)]
+
+
 def test_load_run_failing_batch_leaves_nothing_of_the_run(db):
     def batches():
         for i in range(6):
