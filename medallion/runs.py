@@ -413,20 +413,31 @@ class TaskProgress:
         return lines
 
 
+def _start_first_kernel(conf: dict[str, Any]) -> None:
+    """Start the first notebook's kernel, to boot on the other core while Airflow parses the
+    DAG and starts its execution API, with the connections the run's tasks will resolve (if
+    they turn out different, the notebook starts a kernel of its own). A parameter set or a
+    connection that cannot be resolved is left for the DAG's tasks to report."""
+    from medallion.kernels import POOL
+    from medallion.operators import use_connections
+
+    try:
+        use_connections(parameter_set(conf.get("params_env"), conf))
+    except Exception:  # noqa: BLE001 - the DAG's own tasks say what is wrong
+        log.debug("first kernel not started ahead", exc_info=True)
+        return
+    POOL.start_next(KERNEL_NAME)
+
+
 def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
     """Child-process side of run_dag: parse the DAG folder, run one DagRun, write the result."""
     from airflow.sdk import timezone
     from airflow.utils.cli import get_bagged_dag
 
-    from medallion.kernels import POOL, use_warm_kernels
-    from medallion.operators import use_connections
+    from medallion.kernels import use_warm_kernels
 
     use_warm_kernels()  # the tasks run one after the other here: kernels start ahead
-    # The first notebook's kernel boots on the other core while Airflow parses the DAG and
-    # starts its execution API, with the connections the run's tasks will resolve (if they
-    # turn out different, the notebook starts a kernel of its own).
-    use_connections(parameter_set(conf.get("params_env"), conf))
-    POOL.start_next(KERNEL_NAME)
+    _start_first_kernel(conf)
     dag = get_bagged_dag(bundle_names=None, dag_id=DAG_ID)
     dag_run = dag.test(logical_date=timezone.utcnow(), run_conf=conf)
     state = str(getattr(dag_run.state, "value", dag_run.state))
