@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import threading
 from collections.abc import Iterable, Iterator
@@ -13,11 +12,11 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from psycopg2 import sql
 from sqlalchemy import Connection as SAConnection
 from sqlalchemy import Engine, create_engine, text
@@ -39,6 +38,10 @@ def engine(conn_id: str = "postgres_default") -> Engine:
 
 def engine_for(conn: Connection) -> Engine:
     """A SQLAlchemy engine (psycopg2) for a resolved postgres connection."""
+    # the session limits first: options of the connection's own come after and win
+    options = " ".join(f"-c {k}={v}" for k, v in WAREHOUSE_SESSION.items())
+    options = f"{options} {conn.extra.get('options', '')}".strip()
+    # in the URL (not in connect_args), so that adbc_uri carries them too
     url = URL.create(
         "postgresql+psycopg2",
         username=conn.login,
@@ -46,12 +49,9 @@ def engine_for(conn: Connection) -> Engine:
         host=conn.host,
         port=conn.port,
         database=conn.schema or "postgres",
-        query={k: v for k, v in conn.extra.items() if k == "sslmode"},
+        query={k: v for k, v in conn.extra.items() if k == "sslmode"} | {"options": options},
     )
-    # the session limits first: options of the connection's own come after and win
-    options = " ".join(f"-c {k}={v}" for k, v in WAREHOUSE_SESSION.items())
-    options = f"{options} {conn.extra.get('options', '')}".strip()
-    return create_engine(url, pool_pre_ping=True, connect_args={"options": options})
+    return create_engine(url, pool_pre_ping=True)
 
 
 def fresh_database(conn_id: str, name: str) -> Connection:
@@ -151,129 +151,34 @@ def apply_sql(eng: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
     return applied
 
 
-# --------------------------------------------------------------------------- COPY loading
+# --------------------------------------------------------------------------- loading
 
 
-class _BinaryCopyStream(io.RawIOBase):
-    """A file for ``copy_expert`` that encodes Arrow batches into PostgreSQL's binary COPY
-    format as the server asks for bytes: encoding overlaps the server's parsing, and only one
-    batch is encoded at a time."""
-
-    def __init__(self, table: pa.Table, batch_rows: int = 32_768):
-        from pgpq import ArrowToPostgresBinaryEncoder
-
-        self._encoder = ArrowToPostgresBinaryEncoder(table.schema)
-        self._batches = iter(table.to_batches(max_chunksize=batch_rows))
-        self._pending = memoryview(self._encoder.write_header())
-        self._finished = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while not len(self._pending) and not self._finished:
-            batch = next(self._batches, None)
-            if batch is None:
-                self._pending, self._finished = memoryview(self._encoder.finish()), True
-            else:
-                self._pending = memoryview(self._encoder.write_batch(batch))
-        n = min(len(buffer), len(self._pending))
-        buffer[:n], self._pending = self._pending[:n], self._pending[n:]
-        return n
+def adbc_uri(eng: Engine) -> str:
+    """The libpq URI of an engine's database, for an ADBC connection (it holds the password:
+    never logged or shown)."""
+    url = eng.url
+    query = urlencode({k: v for k, v in url.query.items()}, quote_via=quote)
+    credentials = f"{quote(url.username or '', safe='')}:{quote(url.password or '', safe='')}"
+    address = f"{url.host}:{url.port or 5432}/{quote(url.database or '', safe='')}"
+    return f"postgresql://{credentials}@{address}" + (f"?{query}" if query else "")
 
 
-_PG_TO_ARROW = {
-    "text": pa.string(),
-    "character varying": pa.string(),
-    "bigint": pa.int64(),
-    "integer": pa.int32(),
-    "smallint": pa.int16(),
-    "date": pa.date32(),
-    "boolean": pa.bool_(),
-    "double precision": pa.float64(),
-    "real": pa.float32(),
-    "timestamp with time zone": pa.timestamp("us", tz="UTC"),
-    "timestamp without time zone": pa.timestamp("us"),
-}
+def adbc_connection(eng: Engine):
+    """An ADBC (Arrow Database Connectivity) connection to an engine's database: what pandas'
+    ``to_sql`` loads through with PostgreSQL's binary COPY, from Arrow, without turning each
+    value into a Python object first."""
+    import adbc_driver_postgresql.dbapi
 
-
-def _target_schema(cur, schema: str | None, name: str, keys: list[str]) -> pa.Schema:
-    """The Arrow types that binary COPY needs for the target table's columns."""
-    cur.execute(
-        "select column_name, data_type, numeric_precision, numeric_scale "
-        "from information_schema.columns where table_schema = coalesce(%s, current_schema()) "
-        "and table_name = %s",
-        (schema, name),
-    )
-    declared = {}
-    for column, data_type, precision, scale in cur.fetchall():
-        if data_type == "numeric":
-            declared[column] = pa.decimal128(precision or 38, scale or 0)
-        elif data_type in _PG_TO_ARROW:
-            declared[column] = _PG_TO_ARROW[data_type]
-    missing = [k for k in keys if k not in declared]
-    if missing:
-        raise ValueError(f"copy_method: no binary COPY type for columns {missing} of {name}")
-    return pa.schema([pa.field(k, declared[k]) for k in keys])
-
-
-def copy_method(table: Any, conn: Any, keys: list[str], data_iter: Iterable[tuple]) -> int:
-    """``DataFrame.to_sql(method=copy_method)``: one binary COPY per call instead of INSERTs.
-
-    ``table.frame`` goes to Arrow (zero-copy for Arrow-backed columns), is encoded by pgpq
-    into PostgreSQL's binary COPY format batch by batch and streamed to ``COPY ... FROM STDIN
-    (FORMAT binary)`` on the connection of ``to_sql``, inside its transaction. Binary COPY
-    spares the server the text parsing of CSV. Columns that are all null (no type) are left
-    out of the COPY, so they take NULL. Because it reads the whole frame, it must not be
-    combined with ``chunksize``: pandas would call it once per chunk on the same table, and
-    the second call raises, which rolls the transaction back.
-    """
-    if getattr(table, "_copied_by_copy_method", False):
-        raise ValueError("copy_method writes the whole frame: call to_sql without chunksize")
-    table._copied_by_copy_method = True
-    frame = table.frame
-    arrow = pa.Table.from_pandas(frame[keys], preserve_index=False)
-    keys = [k for k in keys if not pa.types.is_null(arrow.schema.field(k).type)]
-    target = (
-        sql.Identifier(table.schema, table.name) if table.schema else sql.Identifier(table.name)
-    )
-    statement = sql.SQL("copy {} ({}) from stdin with (format binary)").format(
-        target, sql.SQL(", ").join(map(sql.Identifier, keys))
-    )
-    dbapi = conn.connection.driver_connection
-    with dbapi.cursor() as cur:
-        # Arrow casts to the declared types (safely: 1.5 never becomes bigint 1)
-        arrow = arrow.select(keys).cast(_target_schema(cur, table.schema, table.name, keys))
-        cur.copy_expert(statement.as_string(dbapi), _BinaryCopyStream(arrow), size=1 << 20)
-        return cur.rowcount  # the rows the server copied, as COPY reports them
+    return adbc_driver_postgresql.dbapi.connect(adbc_uri(eng))
 
 
 def transit_frame(batch: pa.RecordBatch | pa.Table) -> pd.DataFrame:
-    """A gold batch as the DataFrame handed to ``to_sql``: text, integers and decimals stay
-    Arrow-backed (nullable, exact); dates and columns with few distinct values (ship mode,
-    region, run id ...) become categories. pandas converts every value of the frame to a Python
-    object before it calls the method (``insert_data``): a category converts each distinct
-    value once, which halves that cost on a fact batch."""
+    """A gold batch as the DataFrame handed to ``to_sql``: every column Arrow-backed with gold's
+    own type (text, integers, exact decimals, dates), so pandas hands it back to Arrow without
+    a copy and the server gets the declared types."""
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
-    for i, f in enumerate(table.schema):
-        column = table.column(i)
-        if pa.types.is_date(f.type) or (
-            (pa.types.is_string(f.type) or pa.types.is_decimal(f.type)) and _few_distinct(column)
-        ):
-            table = table.set_column(i, f.name, pc.dictionary_encode(column))
-
-    def dtype(t: pa.DataType):
-        if pa.types.is_string(t) or pa.types.is_large_string(t):
-            return pd.StringDtype("pyarrow")
-        return pd.ArrowDtype(t) if pa.types.is_decimal(t) or pa.types.is_integer(t) else None
-
-    return table.to_pandas(types_mapper=dtype)
-
-
-def _few_distinct(column: pa.ChunkedArray, sample: int = 4096) -> bool:
-    """At most one distinct value in ten, judged on the first rows of the batch."""
-    head = column.slice(0, sample)
-    return len(head) > 0 and pc.count_distinct(head).as_py() * 10 <= len(head)
+    return table.to_pandas(types_mapper=pd.ArrowDtype)
 
 
 def clear_transit(conn: SAConnection, table: str, run_id: str) -> int:
@@ -291,16 +196,46 @@ def clear_transit(conn: SAConnection, table: str, run_id: str) -> int:
     return result.rowcount
 
 
-def load_transit(conn: SAConnection, table: str, frame: pd.DataFrame) -> int:
-    """Append a batch to ``public.bulk_<table>`` through ``to_sql(if_exists="append")``: the
-    rows the server copied."""
-    return frame.to_sql(
-        TRANSIT_TABLES[table],
-        conn,
-        schema="public",
-        if_exists="append",
-        index=False,
-        method=copy_method,
+_PG_TO_ARROW = {
+    "text": pa.string(),
+    "bigint": pa.int64(),
+    "integer": pa.int32(),
+    "date": pa.date32(),
+    "boolean": pa.bool_(),
+    "double precision": pa.float64(),
+    "timestamp with time zone": pa.timestamp("us", tz="UTC"),
+}
+
+
+def _declared_types(conn, name: str, columns: list[str]) -> pa.Schema:
+    """The Arrow types of a transit table's columns, as PostgreSQL declares them."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "select column_name, data_type, numeric_precision, numeric_scale "
+            "from information_schema.columns "
+            f"where table_schema = 'public' and table_name = '{name}'"  # noqa: S608 - ours
+        )
+        declared = {
+            column: pa.decimal128(precision, scale) if kind == "numeric" else _PG_TO_ARROW[kind]
+            for column, kind, precision, scale in cur.fetchall()
+        }
+    missing = [c for c in columns if c not in declared]
+    if missing:
+        raise ValueError(f"public.{name} has no column {missing}")
+    return pa.schema([pa.field(c, declared[c]) for c in columns])
+
+
+def load_transit(conn, table: str, frame: pd.DataFrame) -> int:
+    """Append a batch to ``public.bulk_<table>`` through ``to_sql(if_exists="append")`` on an
+    ADBC connection (``adbc_connection``): pandas hands the frame to Arrow and the driver sends
+    it with binary COPY, then commits. The frame is cast to the table's declared types first,
+    by Arrow and safely (1.5 never becomes bigint 1, an amount with a fifth decimal is an
+    error, not rounded). The rows the server copied."""
+    name = TRANSIT_TABLES[table]
+    arrow = pa.Table.from_pandas(frame, preserve_index=False)
+    arrow = arrow.cast(_declared_types(conn, name, arrow.column_names))
+    return arrow.to_pandas(types_mapper=pd.ArrowDtype).to_sql(
+        name, conn, schema="public", if_exists="append", index=False
     )
 
 
@@ -313,7 +248,7 @@ def load_run(
 ) -> int:
     """Load a run's gold batches into ``public.bulk_<table>``: its earlier rows are removed,
     then the batches go through ``load_transit`` (``to_sql`` + binary COPY) on ``streams``
-    connections at once, so that one connection's COPY runs on the server while the next
+    ADBC connections at once, so that one connection's COPY runs on the server while the next
     batch is prepared here. Each row's ``bulk_seq`` is its place in gold (the merge keeps the
     later of two lines with one key). If any batch fails, the run's rows are removed again and
     the error is raised: the transit table holds all of the run or none of it.
@@ -336,7 +271,7 @@ def load_run(
 
     def stream() -> int:
         rows = 0
-        with transaction(eng) as conn:
+        with adbc_connection(eng) as conn:
             while (item := next_batch()) is not None:
                 batch, first = item
                 frame = transit_frame(batch)

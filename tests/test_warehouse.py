@@ -87,15 +87,17 @@ class Delivery:
             [{"product_id": k, **v, "run_id": self.run_id} for k, v in self.products.items()]
         ).drop(columns="first_order_date")
         loaded = {}
+        frames = {
+            "dim_inventario": products,
+            "dim_cliente": customers,
+            "fact_operaciones_ventas": pd.DataFrame(self.facts),
+        }
         with warehouse.transaction(db) as conn:
-            for table, frame in (
-                ("dim_inventario", products),
-                ("dim_cliente", customers),
-                ("fact_operaciones_ventas", pd.DataFrame(self.facts)),
-            ):
+            for table in frames:
                 warehouse.clear_transit(conn, table, self.run_id)
-                warehouse.load_transit(conn, table, frame)
-                loaded[table] = len(frame)
+        with warehouse.adbc_connection(db) as conn:
+            for table, frame in frames.items():
+                loaded[table] = warehouse.load_transit(conn, table, frame)
         for table, rows in loaded.items():  # as notebook 04 records its load
             warehouse.log_step(
                 db, self.run_id, "load", f"public.{warehouse.TRANSIT_TABLES[table]}", rows_out=rows
@@ -162,6 +164,7 @@ def load_and_read_back(db, frame: pd.DataFrame, run_id: str, columns: str) -> li
     order and remove it."""
     with warehouse.transaction(db) as conn:
         warehouse.clear_transit(conn, "fact_operaciones_ventas", run_id)
+    with warehouse.adbc_connection(db) as conn:
         assert warehouse.load_transit(conn, "fact_operaciones_ventas", frame) == len(frame)
     with warehouse.transaction(db) as conn:
         back = conn.execute(
@@ -175,7 +178,7 @@ def load_and_read_back(db, frame: pd.DataFrame, run_id: str, columns: str) -> li
     return [tuple(r) for r in back]
 
 
-def test_copy_method_round_trips_awkward_values(db):
+def test_load_transit_round_trips_awkward_values(db):
     frame = pd.DataFrame(
         {
             "line_key": ["tab\there", "new\nline", "back\\slash", "", None],
@@ -196,21 +199,13 @@ def test_copy_method_round_trips_awkward_values(db):
     assert back[2][2] == dt.date(2024, 2, 29)
 
 
-def test_copy_method_refuses_chunksize_and_nothing_is_loaded(db):
-    frame = pd.DataFrame({"line_key": ["a", "b", "c"], "run_id": ["chunk-test"] * 3})
-    with pytest.raises(ValueError, match="without chunksize"):
-        with warehouse.transaction(db) as conn:
-            frame.to_sql(
-                "bulk_fact_operaciones_ventas",
-                conn,
-                schema="public",
-                if_exists="append",
-                index=False,
-                chunksize=2,
-                method=warehouse.copy_method,
-            )
+def test_load_transit_refuses_a_value_its_column_cannot_hold_and_loads_nothing(db):
+    for column, value in (("sales", Decimal("1.00001")), ("quantity", 1.5)):
+        frame = pd.DataFrame({"line_key": ["a"], column: [value], "run_id": ["cast-test"]})
+        with pytest.raises(pa.ArrowInvalid), warehouse.adbc_connection(db) as conn:
+            warehouse.load_transit(conn, "fact_operaciones_ventas", frame)
     rows = scalar(
-        db, "select count(*) from public.bulk_fact_operaciones_ventas where run_id = 'chunk-test'"
+        db, "select count(*) from public.bulk_fact_operaciones_ventas where run_id = 'cast-test'"
     )
     assert rows == 0
 
@@ -745,8 +740,14 @@ def test_clearing_a_run_never_touches_another_runs_transit_rows(empty_warehouse)
     loading = db.connect()
     try:
         third = Delivery(p, f"{p}-r3").line(3)
-        with loading.begin():
-            warehouse.load_transit(loading, "fact_operaciones_ventas", pd.DataFrame(third.facts))
+        with loading.begin():  # as a COPY under way: rows not committed yet
+            loading.execute(
+                text(
+                    "insert into public.bulk_fact_operaciones_ventas (line_key, run_id) "
+                    "values (:k, :r)"
+                ),
+                {"k": third.facts[0]["line_key"], "r": third.run_id},
+            )
             merge(db, second.run_id)  # clears the second run's rows while the load goes on
             assert transit_file(db) == before
         assert (in_transit(db, second.run_id), in_transit(db, third.run_id)) == (0, 1)
