@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import numpy as np
@@ -29,6 +29,9 @@ from medallion.settings import (
     Connection,
     get_connection,
 )
+
+if TYPE_CHECKING:
+    from adbc_driver_postgresql import dbapi as adbc_dbapi
 
 
 def engine(conn_id: str = "postgres_default") -> Engine:
@@ -158,13 +161,13 @@ def adbc_uri(eng: Engine) -> str:
     """The libpq URI of an engine's database, for an ADBC connection (it holds the password:
     never logged or shown)."""
     url = eng.url
-    query = urlencode({k: v for k, v in url.query.items()}, quote_via=quote)
+    query = urlencode(dict(url.query), quote_via=quote)
     credentials = f"{quote(url.username or '', safe='')}:{quote(url.password or '', safe='')}"
     address = f"{url.host}:{url.port or 5432}/{quote(url.database or '', safe='')}"
     return f"postgresql://{credentials}@{address}" + (f"?{query}" if query else "")
 
 
-def adbc_connection(eng: Engine):
+def adbc_connection(eng: Engine) -> adbc_dbapi.Connection:
     """An ADBC (Arrow Database Connectivity) connection to an engine's database: what pandas'
     ``to_sql`` loads through with PostgreSQL's binary COPY, from Arrow, without turning each
     value into a Python object first."""
@@ -196,15 +199,8 @@ def clear_transit(conn: SAConnection, table: str, run_id: str) -> int:
     return result.rowcount
 
 
-_PG_TO_ARROW = {
-    "text": pa.string(),
-    "bigint": pa.int64(),
-    "integer": pa.int32(),
-    "date": pa.date32(),
-    "boolean": pa.bool_(),
-    "double precision": pa.float64(),
-    "timestamp with time zone": pa.timestamp("us", tz="UTC"),
-}
+# the Arrow type of each PostgreSQL type a transit table has (numeric: decimal128, below)
+_PG_TO_ARROW = {"text": pa.string(), "bigint": pa.int64(), "date": pa.date32()}
 
 
 def _declared_types(conn, name: str, columns: list[str]) -> pa.Schema:
@@ -215,17 +211,20 @@ def _declared_types(conn, name: str, columns: list[str]) -> pa.Schema:
             "from information_schema.columns "
             f"where table_schema = 'public' and table_name = '{name}'"  # noqa: S608 - ours
         )
-        declared = {
-            column: pa.decimal128(precision, scale) if kind == "numeric" else _PG_TO_ARROW[kind]
-            for column, kind, precision, scale in cur.fetchall()
-        }
-    missing = [c for c in columns if c not in declared]
-    if missing:
-        raise ValueError(f"public.{name} has no column {missing}")
-    return pa.schema([pa.field(c, declared[c]) for c in columns])
+        declared = {column: (kind, p, s) for column, kind, p, s in cur.fetchall()}
+    fields = []
+    for column in columns:
+        kind, precision, scale = declared.get(column, (None, None, None))
+        if kind == "numeric":
+            fields.append(pa.field(column, pa.decimal128(precision, scale)))
+        elif kind in _PG_TO_ARROW:
+            fields.append(pa.field(column, _PG_TO_ARROW[kind]))
+        else:
+            raise ValueError(f"public.{name}: no column {column!r} to load (type {kind})")
+    return pa.schema(fields)
 
 
-def load_transit(conn, table: str, frame: pd.DataFrame) -> int:
+def load_transit(conn: adbc_dbapi.Connection, table: str, frame: pd.DataFrame) -> int:
     """Append a batch to ``public.bulk_<table>`` through ``to_sql(if_exists="append")`` on an
     ADBC connection (``adbc_connection``): pandas hands the frame to Arrow and the driver sends
     it with binary COPY, then commits. The frame is cast to the table's declared types first,
