@@ -119,13 +119,14 @@ def merge(
     scd_type: int = 1,
     bulk_min: int = 500_000,
     clear_after: bool = True,
+    key_probe: int = 100_000,
 ) -> dict:
     """Merge and publish a run as the DAG's merge task does: the merge (with the publish gate)
     in one transaction, then the removal of its transit rows."""
     with warehouse.transaction(db) as conn:
         conn.execute(
-            text("call staging.sp_merge_operaciones_ventas(:r, :s, :b)"),
-            {"r": run_id, "s": scd_type, "b": bulk_min},
+            text("call staging.sp_merge_operaciones_ventas(:r, :s, :b, :k)"),
+            {"r": run_id, "s": scd_type, "b": bulk_min, "k": key_probe},
         )
     if clear_after:
         clear(db, run_id)
@@ -462,6 +463,28 @@ def test_new_lines_are_inserted_without_comparing_and_keys_built_once(empty_ware
     third = Delivery(p, f"{p}-r3").line(5).line(6).load(db)
     assert merge(db, third.run_id)["fact_operaciones_ventas"]["inserted"] == 2
     assert strategy(db, third.run_id) == "insert"
+    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
+
+
+@pytest.mark.parametrize("bulk_min", [500_000, 2], ids=["insert", "insert (bulk)"])
+def test_a_line_in_the_fact_beyond_the_looked_up_lines_is_merged_not_doubled(
+    empty_warehouse, bulk_min
+):
+    db = empty_warehouse
+    p = new_prefix()
+    merge(db, Delivery(p, f"{p}-r1").line(1).line(2).line(3).load(db).run_id)
+    # lines 4 and 5 are new, line 3 (a correction) is in the fact: only the first line of the
+    # run is looked up, so the insert is tried and the fact's primary key refuses line 3
+    run = Delivery(p, f"{p}-r2").line(4).line(5).line(3, quantity=9).load(db)
+    assert merge(db, run.run_id, bulk_min=bulk_min, key_probe=1)["fact_operaciones_ventas"] == {
+        "inserted": 2,
+        "updated": 1,
+        "unchanged": 0,
+    }
+    assert strategy(db, run.run_id).startswith("merge")
+    assert scalar(db, "select count(*) from staging.fact_operaciones_ventas") == 5
+    assert scalar(db, "select quantity from staging.fact_operaciones_ventas "
+                      "where line_key = :k", k=f"{p}-L3") == 9  # fmt: skip
     assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
 
 
