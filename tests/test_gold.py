@@ -1,6 +1,7 @@
 """Gold dimensions: one row per natural key, chosen the same way on every run."""
 
 import datetime as dt
+import random
 
 import pandas as pd
 import pyarrow as pa
@@ -103,3 +104,23 @@ def test_first_order_date_is_where_the_winning_attributes_start():
         dt.date(2024, 4, 1),
         dt.date(2024, 6, 1),
     )
+
+
+@pytest.mark.parametrize("dim", [DIM_CLIENTE, DIM_INVENTARIO], ids=lambda d: d.name)
+def test_the_winners_do_not_depend_on_when_batches_are_reduced_together(dim):
+    rng = random.Random(7)
+    days = [dt.date(2024, 1, 1) + dt.timedelta(days=rng.randrange(60)) for _ in range(400)]
+    rows = [
+        [f"P{rng.randrange(15)}", rng.choice("xy"), "c", "s", f"C{rng.randrange(15)}",
+         rng.choice(["Ana", "Ana M."]), "Consumo", day]
+        for day in days
+    ]  # fmt: skip
+    outcomes = []
+    for min_pending in (1, 37, 10**6):  # after every batch, now and then, only at the end
+        builder = DimensionBuilder(dim)
+        builder.MIN_PENDING = min_pending
+        for start in range(0, len(rows), 25):
+            builder.add(batch(rows[start : start + 25]), start)
+        outcomes.append((builder.result("r1").to_pylist(), builder.conflicts))
+    assert outcomes[0][1] > 0  # the input has conflicts to resolve
+    assert outcomes[0] == outcomes[1] == outcomes[2]
