@@ -134,6 +134,15 @@ class Contract:
             ]
         )
 
+    def dictionary_columns(self, schema: pa.Schema) -> list[str]:
+        """The columns of ``schema`` worth a Parquet dictionary: all but those with a value of
+        each line's own (its keys, line number, raw text) and the amounts. Measured on 1M
+        lines: silver's encoding 1.18 s -> 0.95 s of CPU, 39 MB -> 30 MB; gold's fact 0.78 s ->
+        0.57 s, 33 MB -> 23 MB (issue 12)."""
+        own = {"line_key", "source_line", "raw_record", self.source_id}
+        own |= {c.name for c in self.columns.values() if c.type == "decimal"}
+        return [name for name in schema.names if name not in own]
+
     @cached_property
     def quarantine_schema(self) -> pa.Schema:
         return pa.schema(

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from minio import Minio
 
 from medallion import storage
+from medallion.contract import Contract
 from medallion.settings import run_slug
 
 FACT_COLUMNS = [
@@ -170,16 +171,21 @@ def build_gold(
     silver_objects: list[str],
     gold_bucket: str,
     run_id: str,
-    silver_schema: pa.Schema,
+    contract: Contract,
     batch_size: int = 100_000,
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Read this run's silver objects batch by batch and write the three gold tables.
     Returns the rows per table and the attribute conflicts per dimension."""
     builders = {dim.name: DimensionBuilder(dim) for dim in DIMENSIONS}
+    silver_schema = contract.silver_schema
     fact_schema = pa.schema([silver_schema.field(c) for c in FACT_COLUMNS])
     seq = 0
     with storage.ParquetUpload(
-        client, gold_bucket, gold_key("fact_operaciones_ventas", run_id), fact_schema
+        client,
+        gold_bucket,
+        gold_key("fact_operaciones_ventas", run_id),
+        fact_schema,
+        contract.dictionary_columns(fact_schema),
     ) as fact:
         for key in silver_objects:
             for batch in storage.iter_parquet_batches(client, silver_bucket, key, batch_size):
