@@ -9,9 +9,11 @@ it and starts the next one; the first notebook's is started by ``medallion.runs`
 Airflow parses the DAG and starts its execution API (about 3 s). A warm kernel is used only if
 it was started with the same kernel name, working directory and environment (the task's
 connections included) as the notebook's would be; otherwise, or if it died, the notebook starts
-its own as usual. A notebook's kernel is stopped at once when its last cell has returned.
-Kernels left over when the process ends are shut down. A real Airflow (one process per task)
-keeps papermill's engine.
+its own as usual. A notebook's client is ready as soon as its kernel has answered on both
+channels (jupyter_client then waits for 0.2 s of silence), and its kernel is stopped in the
+background once its last cell has returned (a kill and its wait, 0.1 s); kernels left over or
+still stopping when the process ends are stopped or waited for. A real Airflow (one process
+per task) keeps papermill's engine.
 """
 
 from __future__ import annotations
@@ -20,16 +22,21 @@ import atexit
 import logging
 import os
 import threading
+import time
+from contextlib import suppress
+from queue import Empty
 from typing import Any
 
+from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import KernelManager
+from nbclient.util import run_sync
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
 from papermill.log import logger as papermill_log
 from papermill.utils import merge_kwargs, remove_args
 
 log = logging.getLogger(__name__)
-ASYNC_CLIENT = "jupyter_client.asynchronous.AsyncKernelClient"
+READY_CLIENT = "medallion.kernels.ReadyKernelClient"
 
 # What the notebooks import, loaded while the kernel waits: no name is left in the notebook's
 # namespace (exec with its own globals), only modules in sys.modules.
@@ -55,11 +62,37 @@ def _environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not _task_variable(k)}
 
 
+class ReadyKernelClient(AsyncKernelClient):
+    """jupyter_client's asynchronous client, ready as jupyter_client checks it (the kernel has
+    answered ``kernel_info`` and IOPub has delivered a message, so no output of the first cell
+    can be missed) without then waiting for 0.2 s of silence on IOPub: what is left there
+    answers none of the notebook's requests, and nbclient keeps only the answers to its own."""
+
+    async def _async_wait_for_ready(self, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+        while True:
+            self.kernel_info()
+            with suppress(Empty):
+                reply = await self.shell_channel.get_msg(timeout=1)
+                if reply["msg_type"] == "kernel_info_reply":
+                    with suppress(Empty):
+                        await self.iopub_channel.get_msg(timeout=0.2)
+                        self._handle_kernel_info_reply(reply)
+                        return
+            if not await self._async_is_alive():
+                raise RuntimeError("Kernel died before replying to kernel_info")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kernel didn't respond in {timeout} seconds")
+
+    wait_for_ready = _async_wait_for_ready
+
+
 class KernelPool:
     """At most one started, unused kernel per kernel name, ready for the next notebook."""
 
     def __init__(self) -> None:
         self._ready: dict[str, tuple[KernelManager, tuple]] = {}
+        self._stopping: list[threading.Thread] = []
         self._lock = threading.Lock()
         atexit.register(self.close)
 
@@ -87,7 +120,7 @@ class KernelPool:
         # nbclient's own kernels have asynchronous clients: while it waits for a cell's output
         # it also checks that the kernel is alive (a blocking client would wait forever for
         # the output of a kernel that was killed)
-        km = KernelManager(kernel_name=kernel_name, client_class=ASYNC_CLIENT)
+        km = KernelManager(kernel_name=kernel_name, client_class=READY_CLIENT)
         try:
             km.start_kernel(extra_arguments=[f"--IPKernelApp.exec_lines={PRELOAD}"])
         except Exception:  # noqa: BLE001 - a warm kernel is an optimisation, never a failure
@@ -99,18 +132,31 @@ class KernelPool:
         if previous is not None:
             _shutdown(previous[0])
 
+    def stop(self, km: KernelManager) -> None:
+        """Stop a kernel in the background (``close`` waits for it)."""
+        stopping = threading.Thread(target=_shutdown, args=(km,), name="kernel-stop")
+        with self._lock:
+            self._stopping = [t for t in self._stopping if t.is_alive()] + [stopping]
+        stopping.start()
+
     def close(self) -> None:
         with self._lock:
             ready, self._ready = list(self._ready.values()), {}
         for km, _ in ready:
-            _shutdown(km)
+            self.stop(km)
+        with self._lock:
+            stopping, self._stopping = self._stopping, []
+        for thread in stopping:
+            thread.join()
 
 
 def _shutdown(km: KernelManager) -> None:
     try:
         km.shutdown_kernel(now=True)
     except Exception:  # noqa: BLE001 - already gone
-        log.debug("warm kernel already gone", exc_info=True)
+        log.debug("kernel already gone", exc_info=True)
+    finally:
+        km.cleanup_resources()
 
 
 POOL = KernelPool()
@@ -132,6 +178,18 @@ class _HandedOverClient(PapermillNotebookClient):
         self.wait_for_reply(self.kc.execute(code, silent=True, store_history=False))
         super().papermill_execute_cells()
 
+    async def _async_cleanup_kernel(self) -> None:
+        """Close the client's channels and leave the kernel to ``POOL`` to stop: the notebook
+        has nothing left for it to do, so its task need not wait for the kill."""
+        km, kc = self.km, self.kc
+        self.km = self.kc = None
+        if kc is not None:
+            kc.stop_channels()
+        if km is not None:
+            POOL.stop(km)
+
+    _cleanup_kernel = run_sync(_async_cleanup_kernel)  # what papermill's execute calls
+
 
 class WarmKernelEngine(NBClientEngine):
     """papermill's nbclient engine, with the kernel started ahead by ``POOL``."""
@@ -152,9 +210,6 @@ class WarmKernelEngine(NBClientEngine):
             startup_timeout=startup_timeout,
             kernel_name=kernel_name,
             log=papermill_log,
-            # the notebook's cells have all returned: its kernel is stopped without the
-            # graceful handshake (about 0.4 s per notebook), as nothing is left for it to do
-            shutdown_kernel="immediate",
         )
         client = _HandedOverClient(nb_man, km=km, **client_args)
         return client.execute(cleanup_kc=True)

@@ -7,6 +7,7 @@ import threading
 
 import nbformat
 import papermill as pm
+import psutil
 import pytest
 from nbclient.exceptions import DeadKernelError
 from papermill.engines import NBClientEngine, papermill_engines
@@ -79,6 +80,13 @@ def test_a_kernel_started_before_the_dag_is_parsed_serves_the_first_notebook(
     names, task, _, _, dag_id = run(warm, "first")
     assert "started ahead (warm)" in caplog.text
     assert (names, task, dag_id) == (["json", "os"], "first", "medallion_ventas")
+
+
+def test_a_notebooks_kernel_is_stopped_once_its_cells_have_returned(warm):
+    # stopped in the background (the task does not wait for the kill); close waits for it
+    *_, pid, _ = run(warm, "only")
+    kernels.POOL.close()
+    assert not psutil.pid_exists(pid)
 
 
 def test_the_kernel_left_over_is_shut_down(warm):
