@@ -2,18 +2,19 @@
 own, never used before, but started while the notebook before it runs.
 
 Starting a kernel and importing pandas, pyarrow, SQLAlchemy, the MinIO client and this package
-takes about two seconds, on every notebook of a run. In `make run` the DAG's tasks run one
-after the other in one process, so the second core is idle while a notebook runs: there, papermill's
-engine is replaced by ``WarmKernelEngine``, which hands each notebook the kernel started for
-it and starts the next one; the first notebook's is started by ``medallion.runs`` before
-Airflow parses the DAG and starts its execution API (about 3 s). A warm kernel is used only if
-it was started with the same kernel name, working directory and environment (the task's
-connections included) as the notebook's would be; otherwise, or if it died, the notebook starts
-its own as usual. A notebook's client is ready as soon as its kernel has answered on both
-channels (jupyter_client then waits for 0.2 s of silence), and its kernel is stopped in the
-background once its last cell has returned (a kill and its wait, 0.1 s); kernels left over or
-still stopping when the process ends are stopped or waited for. A real Airflow (one process
-per task) keeps papermill's engine.
+takes about a second of CPU, on every notebook of a run. In `make run` the DAG's tasks run one
+after the other in one process: there, papermill's engine is replaced by ``WarmKernelEngine``,
+which hands each notebook the kernel started for it and starts the next one; the first
+notebook's is started by ``medallion.runs`` before Airflow parses the DAG and starts its
+execution API (about 3 s). The kernels are forked from a process that has imported all that
+once (``medallion.zygote``), so each starts in a fraction of a second and with little CPU.
+A warm kernel is used only if it was started with the same kernel name, working directory
+and environment (the task's connections included) as the notebook's would be; otherwise, or
+if it died, the notebook starts its own as usual. A notebook's client is ready as soon as its
+kernel has answered on both channels (jupyter_client then waits for 0.2 s of silence), and its
+kernel is stopped in the background once its last cell has returned (a kill and its wait,
+0.1 s); kernels left over or still stopping when the process ends are stopped or waited for,
+and the zygote ends. A real Airflow (one process per task) keeps papermill's engine.
 """
 
 from __future__ import annotations
@@ -23,17 +24,21 @@ import logging
 import os
 import threading
 import time
+import uuid
 from contextlib import suppress
 from queue import Empty
 from typing import Any
 
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import KernelManager
+from jupyter_client.provisioning import LocalProvisioner
 from nbclient.util import run_sync
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
 from papermill.log import logger as papermill_log
 from papermill.utils import merge_kwargs, remove_args
+
+from medallion import zygote
 
 log = logging.getLogger(__name__)
 READY_CLIENT = "medallion.kernels.ReadyKernelClient"
@@ -87,6 +92,35 @@ class ReadyKernelClient(AsyncKernelClient):
     wait_for_ready = _async_wait_for_ready
 
 
+class ForkingProvisioner(LocalProvisioner):
+    """jupyter_client's local provisioner, with the kernel forked from this process's zygote
+    (``medallion.zygote``) when it can be: a kernel of this Python, started with the
+    environment the zygote was started with."""
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> dict:
+        forker = zygote.zygote(_environment)
+        if not forker.forks(cmd, _environment()):
+            return await super().launch_kernel(cmd, **kwargs)
+        env = kwargs.get("env") or dict(os.environ)
+        cwd = str(kwargs.get("cwd") or os.getcwd())
+        self.process = zygote.ForkedProcess(forker.fork(cmd, env, cwd))
+        self.pid = self.pgid = None  # the pid comes from the zygote; signals go by it
+        self.cwd = cwd
+        return self.connection_info
+
+
+class ForkedKernelManager(KernelManager):
+    """A kernel manager whose kernels are forked by ``ForkingProvisioner``."""
+
+    async def _async_pre_start_kernel(self, **kw: Any) -> tuple[list[str], dict[str, Any]]:
+        if self.provisioner is None:
+            self.kernel_id = self.kernel_id or str(uuid.uuid4())
+            self.provisioner = ForkingProvisioner(
+                kernel_id=self.kernel_id, kernel_spec=self.kernel_spec, parent=self
+            )
+        return await super()._async_pre_start_kernel(**kw)
+
+
 class KernelPool:
     """At most one started, unused kernel per kernel name, ready for the next notebook."""
 
@@ -120,7 +154,7 @@ class KernelPool:
         # nbclient's own kernels have asynchronous clients: while it waits for a cell's output
         # it also checks that the kernel is alive (a blocking client would wait forever for
         # the output of a kernel that was killed)
-        km = KernelManager(kernel_name=kernel_name, client_class=READY_CLIENT)
+        km = ForkedKernelManager(kernel_name=kernel_name, client_class=READY_CLIENT)
         try:
             km.start_kernel(extra_arguments=[f"--IPKernelApp.exec_lines={PRELOAD}"])
         except Exception:  # noqa: BLE001 - a warm kernel is an optimisation, never a failure
@@ -148,6 +182,7 @@ class KernelPool:
             stopping, self._stopping = self._stopping, []
         for thread in stopping:
             thread.join()
+        zygote.close()
 
 
 def _shutdown(km: KernelManager) -> None:

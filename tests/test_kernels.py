@@ -120,3 +120,41 @@ def test_a_warm_kernel_that_dies_mid_cell_fails_the_notebook_instead_of_hanging(
     worker.join(60)
     assert not worker.is_alive(), "the notebook still waits for a dead kernel"
     assert outcome and isinstance(outcome[0], DeadKernelError | PapermillExecutionError), outcome
+
+
+def run_cell(folder, name: str, code: str) -> str:
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nbformat.write(notebook, folder / f"{name}.ipynb")
+    pm.execute_notebook(folder / f"{name}.ipynb", folder / f"{name}.out.ipynb", progress_bar=False)
+    return nbformat.read(folder / f"{name}.out.ipynb", 4).cells[0].outputs[0]["text"]
+
+
+PARENT = "import os, sys\nprint(os.getpid(), os.getppid(), 'pandas' in sys.modules)"
+
+
+def test_the_kernels_are_forked_from_one_zygote_started_by_this_process(warm):
+    kernels.POOL.start_next("python3")  # as medallion.runs does for the first notebook
+    first = run_cell(warm, "first", PARENT).split()
+    second = run_cell(warm, "second", PARENT).split()
+    assert first[0] != second[0]  # a kernel of its own per notebook
+    assert first[1] == second[1]  # the same parent: the zygote
+    zygote = psutil.Process(int(first[1]))
+    assert "medallion.zygote" in " ".join(zygote.cmdline())
+    assert zygote.parent().pid == psutil.Process().pid
+    assert first[2] == second[2] == "True"
+    kernels.POOL.close()  # the zygote ends with the pool
+    zygote.wait(10)
+
+
+def test_a_zygotes_kernel_ends_when_the_zygote_is_gone(warm):
+    # as when the run's process is killed: nothing of it is left running
+    run_cell(warm, "first", PARENT)
+    ((km, _),) = kernels.POOL._ready.values()
+    assert km.is_alive()
+    kernel = psutil.Process(km.provisioner.process.pid)
+    zygote = kernel.parent()
+    assert "medallion.zygote" in " ".join(zygote.cmdline())
+    zygote.kill()
+    kernel.wait(10)  # ipykernel's parent watch (about a second)
+    assert not km.is_alive()
