@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
 from airflow.providers.papermill.operators.papermill import PapermillOperator
@@ -30,6 +31,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowFailException
 from papermill.exceptions import PapermillExecutionError
 
+from medallion import report
 from medallion.settings import TRANSIT_TABLES, WAREHOUSE_SESSION, env_var_name
 
 DATA_ERRORS = {"InputFileError", "FileRejected"}
@@ -85,11 +87,13 @@ class NotebookOperator(PapermillOperator):
         connections = connection_environment(connection_ids(self.parameters or {}))
         try:
             with environment(connections):
-                return super().execute(context)
+                executed = super().execute(context)
         except PapermillExecutionError as err:
             if err.ename in DATA_ERRORS:
                 raise AirflowFailException(f"{err.ename}: {err.evalue}") from err
             raise
+        report.notebook_executed(Path(self.output_nb.url))
+        return executed
 
 
 def sqlstate(err: BaseException) -> str | None:

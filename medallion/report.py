@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -66,8 +67,31 @@ def render_notebook(notebook: Path) -> Path:
     return html
 
 
+# In a run whose tasks share one process (`make run`): each notebook rendered in a thread as
+# soon as its task has run it, while the next notebook runs (the process mostly waits for the
+# kernel then), instead of all of them by the run's last task.
+_ahead: ThreadPoolExecutor | None = None
+_rendering: list[Future] = []
+
+
+def render_ahead() -> None:
+    """From now on in this process, ``notebook_executed`` renders the notebook in a thread."""
+    global _ahead  # noqa: PLW0603 - one per process
+    _ahead = _ahead or ThreadPoolExecutor(1, thread_name_prefix="render-ahead")
+
+
+def notebook_executed(notebook: Path) -> None:
+    """A task has written its executed notebook: render it now if ``render_ahead`` (else the
+    run's last task does, with ``render_run``)."""
+    if _ahead is not None:
+        _rendering.append(_ahead.submit(render_notebook, notebook))
+
+
 def render_run(output_dir: Path) -> list[Path]:
-    """HTML of every executed notebook of a run that has none yet or an older one."""
+    """HTML of every executed notebook of a run that has none yet or an older one (those
+    rendered ahead are waited for; one that failed there is rendered here)."""
+    wait(_rendering)
+    _rendering.clear()
     rendered = []
     for notebook in sorted(output_dir.glob("*.ipynb")):
         html = notebook.with_suffix(".html")

@@ -437,6 +437,7 @@ def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
     from medallion.kernels import use_warm_kernels
 
     use_warm_kernels()  # the tasks run one after the other here: kernels start ahead
+    report.render_ahead()  # and each notebook is rendered while the next one runs
     _start_first_kernel(conf)
     dag = get_bagged_dag(bundle_names=None, dag_id=DAG_ID)
     dag_run = dag.test(logical_date=timezone.utcnow(), run_conf=conf)

@@ -4,6 +4,8 @@ with the task's environment; real kernels, real papermill."""
 import json
 import logging
 import threading
+import time
+from contextlib import suppress
 
 import nbformat
 import papermill as pm
@@ -158,3 +160,36 @@ def test_a_zygotes_kernel_ends_when_the_zygote_is_gone(warm):
     zygote.kill()
     kernel.wait(10)  # ipykernel's parent watch (about a second)
     assert not km.is_alive()
+
+
+def test_a_running_code_cell_is_in_the_output_notebook_while_it_runs(warm):
+    # what a person (and the fault suite) reads of a notebook still running: saved when each
+    # code cell starts, with the cells before it complete, and complete at the end
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("# a step"),
+            nbformat.v4.new_code_cell("print('read')"),
+            nbformat.v4.new_markdown_cell("then a long one"),
+            nbformat.v4.new_code_cell("import time\ntime.sleep(3)"),
+        ]
+    )
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nbformat.write(notebook, warm / "long.ipynb")
+    output = warm / "long.out.ipynb"
+    worker = threading.Thread(
+        target=pm.execute_notebook, args=(warm / "long.ipynb", output), daemon=True
+    )
+    worker.start()
+
+    def statuses() -> list[str]:
+        with suppress(FileNotFoundError, json.JSONDecodeError):
+            cells = json.loads(output.read_text())["cells"]
+            return [c["metadata"]["papermill"]["status"] for c in cells]
+        return []
+
+    deadline = time.monotonic() + 30
+    while statuses()[-1:] != ["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert statuses() == ["completed", "completed", "completed", "running"]
+    worker.join(30)
+    assert statuses() == ["completed"] * 4

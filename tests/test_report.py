@@ -48,6 +48,21 @@ def test_only_missing_or_older_html_is_rendered_again(tmp_path):
     assert report.render_run(tmp_path) == []
 
 
+def test_a_notebook_is_rendered_as_soon_as_its_task_has_run_it_when_rendering_ahead(
+    tmp_path, monkeypatch
+):
+    first = executed_notebook(tmp_path / "01_bronze_ingest__a.csv.ipynb")
+    report.notebook_executed(first)  # not rendering ahead (a real Airflow): left to render_run
+    assert not first.with_suffix(".html").exists()
+    monkeypatch.setattr(report, "_ahead", None)
+    report.render_ahead()  # make run: its tasks share one process
+    report.notebook_executed(first)
+    gold = executed_notebook(tmp_path / "03_gold_model.ipynb")
+    report.notebook_executed(gold)
+    assert report.render_run(tmp_path) == []  # both were rendered ahead, and waited for
+    assert first.with_suffix(".html").exists() and gold.with_suffix(".html").exists()
+
+
 def test_the_index_lists_runs_newest_first_with_or_without_their_record(tmp_path):
     done, cut_short = tmp_path / "manual__2", tmp_path / "manual__1"
     for folder in (done, cut_short):
