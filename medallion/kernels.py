@@ -98,6 +98,8 @@ class ForkingProvisioner(LocalProvisioner):
     environment the zygote was started with."""
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> dict:
+        if not zygote.available():
+            return await super().launch_kernel(cmd, **kwargs)
         forker = zygote.zygote(_environment)
         if not forker.forks(cmd, _environment()):
             return await super().launch_kernel(cmd, **kwargs)

@@ -8,11 +8,15 @@ with the modules in memory, shared until written. It is still a kernel of its ow
 notebook, in a process of its own, never used before.
 
 The zygote reads one request per line (the kernel's command, environment and working
-directory, as JSON) and answers with the kernel's pid. It has no thread when it forks, ignores
-SIGCHLD so that its kernels are reaped as they end, and ends when the process that started it
-closes its pipe (or dies); each kernel ends when the zygote is gone (ipykernel's parent watch).
-Only kernels of this Python, started with the environment the zygote was started with, are
-forked; any other is started as jupyter_client starts it.
+directory, as JSON) and answers with the kernel's pid, or with ``-errno`` when the fork failed
+(that kernel only: the zygote keeps serving). It starts no thread of its own (the libraries'
+own, OpenBLAS's, pyarrow's allocator's, handle a fork themselves), ignores SIGCHLD so that its
+kernels are reaped as they end, runs in a session of its own (a Ctrl-C of the run reaches the
+run, whose end closes the zygote's pipe) and ends when that pipe closes; each kernel ends when
+the zygote is gone (ipykernel's parent watch). The process that asked for a kernel watches and
+signals it through a pidfd, never a pid that could have been reused. Only kernels of this
+Python, started with the environment the zygote was started with, are forked; any other is
+started as jupyter_client starts it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -71,21 +76,27 @@ def serve() -> None:
 
     gc.freeze()  # the imported objects stay shared with the kernels (no copy by the collector)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # kernels that end are reaped by the system
+    zygote_pid = os.getpid()
     for line in requests:
         request = json.loads(line)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as error:  # no memory, too many processes: this kernel fails, not all
+            pid = -(error.errno or 1)
         if pid == 0:
             requests.close()
             replies.close()
-            _run_kernel(request["argv"], request["env"], request["cwd"])
+            _run_kernel(request["argv"], request["env"], request["cwd"], zygote_pid)
         replies.write(f"{pid}\n")
         replies.flush()
 
 
-def _run_kernel(argv: list[str], env: dict[str, str], cwd: str) -> None:
+def _run_kernel(argv: list[str], env: dict[str, str], cwd: str, zygote_pid: int) -> None:
     """In the forked child: become the kernel ``argv`` describes; never returns."""
     code = 1
     try:
+        if os.getppid() != zygote_pid:  # the zygote is already gone: nothing would watch us
+            return
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the kernel waits for its own children
         os.setsid()  # a process group of its own, as jupyter_client starts kernels
         os.environ.clear()
@@ -95,7 +106,7 @@ def _run_kernel(argv: list[str], env: dict[str, str], cwd: str) -> None:
 
         # ipykernel's parent watch: the kernel ends when the zygote is gone (the default comes
         # from JPY_PARENT_PID as it was when the zygote imported ipykernel: none)
-        IPKernelApp.launch_instance(argv=[*argv, f"--IPKernelApp.parent_handle={os.getppid()}"])
+        IPKernelApp.launch_instance(argv=[*argv, f"--IPKernelApp.parent_handle={zygote_pid}"])
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 0
@@ -124,6 +135,7 @@ class Zygote:
             stdout=subprocess.PIPE,
             env=environment,
             text=True,
+            start_new_session=True,
         )
         self._pending: deque[Future[int]] = deque()
         self._lock = threading.Lock()
@@ -134,7 +146,7 @@ class Zygote:
         return (
             self._process.poll() is None
             and len(cmd) > 3
-            and os.path.realpath(cmd[0]) == os.path.realpath(sys.executable)
+            and os.path.abspath(cmd[0]) == os.path.abspath(sys.executable)
             and cmd[1:3] == LAUNCHER
             and environment == self.environment
         )
@@ -154,8 +166,14 @@ class Zygote:
 
     def _read_replies(self) -> None:
         for line in self._process.stdout:
+            pid = int(line)
             with self._lock:
-                self._pending.popleft().set_result(int(line))
+                forked = self._pending.popleft()
+            if pid > 0:
+                forked.set_result(pid)
+            else:
+                reason = os.strerror(-pid)
+                forked.set_exception(OSError(-pid, f"the kernel zygote could not fork: {reason}"))
         with self._lock:  # the zygote ended: no pid will come
             while self._pending:
                 self._pending.popleft().set_exception(RuntimeError("the kernel zygote ended"))
@@ -174,13 +192,15 @@ class Zygote:
 
 
 class ForkedProcess:
-    """A forked kernel as jupyter_client's local provisioner uses a ``Popen``: it is the
-    zygote's child, not ours, so it is watched and signalled by pid."""
+    """A forked kernel as jupyter_client's local provisioner uses a ``Popen``. It is the
+    zygote's child, not ours: it is watched through a pidfd (readable once the process has
+    ended, even if nobody reaps it; a pid alone could have been reused by then)."""
 
     stdin = stdout = stderr = None
 
     def __init__(self, pid: Future[int]) -> None:
         self._pid = pid
+        self._pidfd: int | None = None
         self.returncode: int | None = None
 
     @property
@@ -190,12 +210,23 @@ class ForkedProcess:
     def poll(self) -> int | None:
         if self.returncode is None:
             try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                self.returncode = -signal.SIGKILL  # reaped by the zygote: its status is gone
-            except Exception:  # noqa: BLE001 - never forked (the zygote ended)
+                if self._pidfd is None:
+                    self._pidfd = os.pidfd_open(self.pid)
+                ended = bool(select.select([self._pidfd], [], [], 0)[0])
+            except ProcessLookupError:  # ended and reaped before it was first looked at
+                ended = True
+            except Exception:  # noqa: BLE001 - never forked (the zygote failed or ended)
                 self.returncode = 1
+                return self.returncode
+            if ended:
+                self.returncode = -signal.SIGKILL  # reaped by the zygote: its status is gone
+                self._close()
         return self.returncode
+
+    def _close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -206,18 +237,24 @@ class ForkedProcess:
         return code
 
     def send_signal(self, signum: int) -> None:
-        if self.poll() is not None:
+        if self.poll() is not None:  # ended: its pid and group may be someone else's now
             return
         try:
-            os.killpg(self.pid, signum)  # its group (once it has made it)
+            os.killpg(self.pid, signum)  # its group, its own children included (once made)
         except ProcessLookupError:
-            os.kill(self.pid, signum)
+            signal.pidfd_send_signal(self._pidfd, signum)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
+
+
+def available() -> bool:
+    """Kernels are forked on Linux (fork, pidfd); elsewhere they start as usual (macOS, for
+    one, does not support forking a process that has loaded its system frameworks)."""
+    return sys.platform == "linux" and hasattr(os, "pidfd_open")
 
 
 _zygote: Zygote | None = None
