@@ -43,13 +43,10 @@ from medallion import zygote
 log = logging.getLogger(__name__)
 READY_CLIENT = "medallion.kernels.ReadyKernelClient"
 
-# What the notebooks import, loaded while the kernel waits: no name is left in the notebook's
-# namespace (exec with its own globals), only modules in sys.modules.
-PRELOAD = (
-    "exec('import pandas, pyarrow.parquet, sqlalchemy, minio, psycopg2, matplotlib.pyplot; "
-    "import medallion.bronze, medallion.silver, medallion.gold, medallion.transit, "
-    "medallion.results', {})"
-)
+# What the notebooks import (the zygote's list), loaded while the kernel waits (a forked one
+# has them already): no name is left in the notebook's namespace (exec with its own globals),
+# only modules in sys.modules.
+PRELOAD = f"exec('import {', '.join(zygote.NOTEBOOK_MODULES)}', {{}})"
 
 
 # Variables Airflow sets for each task (its context) or once the DAG is parsed

@@ -39,8 +39,7 @@ from concurrent.futures import Future
 # is imported: the inline one, as ipykernel would set it (its module is left to the kernel,
 # which registers it with its own shell).
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
-PRELOADED = (
-    "ipykernel.kernelapp",
+NOTEBOOK_MODULES = (
     "pandas",
     "pyarrow.parquet",
     "sqlalchemy",
@@ -53,6 +52,7 @@ PRELOADED = (
     "medallion.transit",
     "medallion.results",
 )
+PRELOADED = ("ipykernel.kernelapp", *NOTEBOOK_MODULES)
 LAUNCHER = ["-m", "ipykernel_launcher"]  # how a kernel spec of this Python starts a kernel
 
 
