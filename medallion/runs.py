@@ -434,9 +434,11 @@ def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
     from airflow.sdk import timezone
     from airflow.utils.cli import get_bagged_dag
 
+    from medallion.execution_api import serve_sdk_version_only
     from medallion.kernels import use_warm_kernels
 
     use_warm_kernels()  # the tasks run one after the other here: kernels start ahead
+    serve_sdk_version_only()  # the in-process API serves only what our tasks ask for
     report.render_ahead()  # and each notebook is rendered while the next one runs
     _start_first_kernel(conf)
     dag = get_bagged_dag(bundle_names=None, dag_id=DAG_ID)
