@@ -108,9 +108,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     log_file = LOCAL_DIR / "airflow" / "last_run.log"
     print(f"ejecutando el DAG medallion_ventas (log de Airflow: {log_file}) ...", flush=True)
     result = run_dag(conf, airflow_env(), log_file, progress=lambda line: print(line, flush=True))
-    params = load_params(args.params_env)
-    eng = warehouse.engine(params["postgres_conn_id"])
-    run_summary = summary(eng, result["run_id"])
+    run_summary = result.get("summary") or summary(
+        warehouse.engine(load_params(args.params_env)["postgres_conn_id"]), result["run_id"]
+    )
     print_summary(run_summary)
     print_record(result["run_id"])
     if result["state"] != "success":

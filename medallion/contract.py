@@ -8,9 +8,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Literal, get_args, get_origin
 
-import pyarrow as pa
 import yaml
 from pydantic import (
     AfterValidator,
@@ -22,6 +21,9 @@ from pydantic import (
 )
 
 from medallion.settings import PARAMS_DIR
+
+if TYPE_CHECKING:  # pyarrow is imported where a schema is built: the command line needs none
+    import pyarrow as pa
 
 DECIMAL_PRECISION = 18
 COLUMN_TYPES = ("string", "date", "integer", "decimal")
@@ -37,6 +39,8 @@ class Column:
 
     @property
     def arrow_type(self) -> pa.DataType:
+        import pyarrow as pa
+
         return {
             "string": pa.string(),
             "date": pa.date32(),
@@ -121,6 +125,8 @@ class Contract:
 
     @cached_property
     def silver_schema(self) -> pa.Schema:
+        import pyarrow as pa
+
         fields = [pa.field(c.name, c.arrow_type) for c in self.columns.values()]
         return pa.schema(
             [
@@ -145,6 +151,8 @@ class Contract:
 
     @cached_property
     def quarantine_schema(self) -> pa.Schema:
+        import pyarrow as pa
+
         return pa.schema(
             [
                 pa.field("run_id", pa.string()),

@@ -16,9 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-import pyarrow as pa
-
 from medallion.contract import Contract, Limits
 
 csv.field_size_limit(256 * 1024 * 1024)  # a 1 MB description is data, not an error
@@ -152,6 +149,9 @@ def logical_suffix(path: Path) -> str:
 def utf8_valid(data: bytes) -> bool:
     """Whether ``data`` is well-formed UTF-8 (as Python's strict decoder has it: no surrogates,
     no overlong forms), checked by Arrow's validator, several times faster than decoding."""
+    import numpy as np  # here: the command line reads this module's formats without them
+    import pyarrow as pa
+
     text = pa.LargeStringArray.from_buffers(
         1, pa.py_buffer(np.array([0, len(data)], dtype=np.int64)), pa.py_buffer(data)
     )

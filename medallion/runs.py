@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from medallion import ledger, report, results, storage, warehouse
+from medallion import ledger, report, storage, warehouse
 from medallion.settings import (
     KERNEL_NAME,
     LOCAL_DIR,
@@ -219,6 +219,8 @@ def _failed_tasks(output_dir: Path, failed_tasks: list[str]) -> list[dict[str, A
 def _counts(conn_id: str, run_id: str) -> dict[str, Any]:
     """The run's files, lines and merge counts, from the warehouse."""
     import pandas as pd
+
+    from medallion import results
 
     eng = warehouse.engine(conn_id)
     files = results.run_files(eng, run_id)
@@ -444,8 +446,24 @@ def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
     dag = get_bagged_dag(bundle_names=None, dag_id=DAG_ID)
     dag_run = dag.test(logical_date=timezone.utcnow(), run_conf=conf)
     state = str(getattr(dag_run.state, "value", dag_run.state))
-    result_file.write_text(json.dumps({"run_id": dag_run.run_id, "state": state}))
+    result = {"run_id": dag_run.run_id, "state": state, **_command_summary(conf, dag_run.run_id)}
+    result_file.write_text(json.dumps(result))
     return 0 if state == "success" else 1
+
+
+def _command_summary(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """``{"summary": ...}`` for the command that started the run (`make run`), computed here,
+    where pandas is loaded already; empty if it cannot be (the command computes it itself)."""
+    if "params_env" not in conf:
+        return {}
+    try:
+        conn_id = parameter_set(conf["params_env"], conf)["postgres_conn_id"]
+        run_summary = summary(warehouse.engine(conn_id), run_id)
+        json.dumps(run_summary)
+    except Exception:  # noqa: BLE001 - the command computes it itself
+        log.warning("no summary of run %s here", run_id, exc_info=True)
+        return {}
+    return {"summary": run_summary}
 
 
 def notebook_error(path: Path) -> str | None:
@@ -469,11 +487,13 @@ def notebook_errors(output_dir: Path) -> list[str]:
 
 def summary(eng, run_id: str) -> dict[str, Any]:
     """What a run did: lines read and quarantined (run log), rows in staging and the view."""
+    from medallion import results
+
     with eng.connect() as conn:
         silver = conn.execute(
-            text("""select coalesce(sum(lines_in), 0), coalesce(sum(rows_out), 0),
-                           coalesce(sum(rows_quarantined), 0), count(*),
-                           coalesce(sum(rows_duplicate), 0)
+            text("""select coalesce(sum(lines_in), 0)::bigint, coalesce(sum(rows_out), 0)::bigint,
+                           coalesce(sum(rows_quarantined), 0)::bigint, count(*),
+                           coalesce(sum(rows_duplicate), 0)::bigint
                     from audit.run_log where run_id = :r and step = 'silver'"""),
             {"r": run_id},
         ).one()

@@ -1,4 +1,8 @@
-"""Object-store I/O (MinIO or any S3 server) for the bronze, silver and gold buckets."""
+"""Object-store I/O (MinIO or any S3 server) for the bronze, silver and gold buckets.
+
+pyarrow is imported by the functions that read or write Parquet: the command line (`make run`)
+uses this module for its bootstrap and the ledger without it.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,16 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from minio import Minio
 from minio.error import S3Error
 
 from medallion.settings import Connection, get_connection, run_slug
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def s3_client(conn: str | Connection = "minio_default") -> Minio:
@@ -195,6 +200,8 @@ class ParquetUpload:
         """``dictionary``: the columns to dictionary-encode (default all); a column of values
         unique to each row gains nothing from it but the cost of building the dictionary."""
         self.client, self.bucket, self.key, self.schema = client, bucket, key, schema
+        import pyarrow.parquet as pq
+
         self._tmp = work_dir()
         self.path = Path(self._tmp.name) / "part.parquet"
         self._writer = pq.ParquetWriter(
@@ -250,6 +257,8 @@ def iter_parquet_batches(
     client: Minio, bucket: str, key: str, batch_size: int = 100_000
 ) -> Iterator[pa.RecordBatch]:
     """Stream a Parquet object batch by batch."""
+    import pyarrow.parquet as pq
+
     with downloaded(client, bucket, key) as path:
         # pre_buffer off: otherwise the reader buffers the column chunks ahead and its memory
         # grows with the file (measured: +500 MB reading a 10M-line silver object)
@@ -258,5 +267,7 @@ def iter_parquet_batches(
 
 def read_parquet(client: Minio, bucket: str, key: str) -> pa.Table:
     """Read a whole (small) Parquet object, e.g. a quarantine file for display."""
+    import pyarrow.parquet as pq
+
     with downloaded(client, bucket, key) as path:
         return pq.read_table(path)

@@ -61,9 +61,28 @@ def snapshot(db) -> dict[str, tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def first_run(db):
-    run_id = run_pipeline()
+def first_run_output(db) -> str:
+    return run_pipeline_output()
+
+
+@pytest.fixture(scope="module")
+def first_run(first_run_output, db):
+    run_id = re.search(r"^run_id:\s+(\S+)", first_run_output, re.M).group(1)
     return run_id, snapshot(db)
+
+
+def test_the_summary_printed_is_the_warehouse_s(first_run, first_run_output, db):
+    # the DAG's process computes it (it has pandas loaded); the command only prints it
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    from medallion import cli, runs
+
+    printed = StringIO()
+    with redirect_stdout(printed):
+        cli.print_summary(runs.summary(db, first_run[0]))
+    assert "líneas leídas" in printed.getvalue()
+    assert printed.getvalue() in first_run_output
 
 
 @pytest.fixture(scope="module")
