@@ -24,10 +24,11 @@ OLDER_ROUTES_VERSION = "2000-01-01"
 
 def serve_sdk_version_only() -> bool:
     """Build the in-process execution API for the Task SDK's version only. Returns False (and
-    changes nothing) if the SDK does not speak the newest version of this Airflow's API."""
+    changes nothing) if the SDK does not speak the newest version of this Airflow's API, or if
+    this Airflow or cadwyn no longer lets the bundle be built so (the API is then built whole:
+    slower, never wrong)."""
     from airflow.api_fastapi.execution_api import versions
     from airflow.sdk.api.datamodels._generated import API_VERSION
-    from cadwyn import HeadVersion, Version, VersionBundle
 
     bundle = versions.bundle
     if bundle.versions[-1].value == OLDER_ROUTES_VERSION:
@@ -35,11 +36,17 @@ def serve_sdk_version_only() -> bool:
     if bundle.versions[0].value != API_VERSION or bundle.head_version.changes:
         log.info("execution API kept whole: the SDK speaks %s, not its newest version", API_VERSION)
         return False
-    versions.bundle = VersionBundle(
-        HeadVersion(),
-        Version(API_VERSION, _older_routes_change()),
-        Version(OLDER_ROUTES_VERSION),
-    )
+    try:
+        from cadwyn import HeadVersion, Version, VersionBundle
+
+        versions.bundle = VersionBundle(
+            HeadVersion(),
+            Version(API_VERSION, _older_routes_change()),
+            Version(OLDER_ROUTES_VERSION),
+        )
+    except Exception:  # noqa: BLE001 - an optimisation: the whole API still serves the run
+        log.warning("execution API kept whole: its bundle could not be narrowed", exc_info=True)
+        return False
     return True
 
 

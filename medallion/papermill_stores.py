@@ -54,6 +54,7 @@ def on_first_use(module: str, name: str, fallback: Callable[..., Any]) -> Callab
             client = fallback
         return client(*args, **kwargs)
 
+    call.__name__ = name
     call.__qualname__ = f"{module}.{name} (imported on first use)"
     return call
 
@@ -73,7 +74,9 @@ class _ClientsOnFirstUse(importlib.abc.MetaPathFinder):
         run_module = spec.loader.exec_module
 
         def exec_module(module: ModuleType) -> None:
-            # A module that is None in sys.modules fails to import: iorw's own fallback.
+            # A module that is None in sys.modules fails to import: iorw's own fallback. For
+            # the time of this import (0.3 s, once per process), it fails in any thread: ours
+            # import papermill before they start threads that could import these clients.
             skipped = {m for m, _ in REMOTE_CLIENTS.values() if m not in sys.modules}
             sys.modules.update(dict.fromkeys(skipped))
             try:

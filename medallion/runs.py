@@ -341,9 +341,10 @@ def run_dag(
     env: dict[str, str],
     log_file: Path,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, str]:
-    """Run the DAG once (as `airflow dags test` does) in a child process: run id and state.
-    ``progress`` gets a line for each task as it finishes."""
+) -> dict[str, Any]:
+    """Run the DAG once (as `airflow dags test` does) in a child process: run id and state
+    (and, when ``conf`` names a parameter set, the run's ``summary``). ``progress`` gets a line
+    for each task as it finishes."""
     ensure_airflow_db(env)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     result_file = log_file.with_suffix(".result.json")

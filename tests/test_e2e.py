@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from medallion import storage
-from medallion.settings import OUTPUTS_DIR, PROJECT_ROOT, run_slug
+from medallion.settings import LOCAL_DIR, OUTPUTS_DIR, PROJECT_ROOT, run_slug
 
 pytestmark = pytest.mark.e2e
 
@@ -61,13 +61,15 @@ def snapshot(db) -> dict[str, tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def first_run_output(db) -> str:
-    return run_pipeline_output()
+def first_run_output(db) -> tuple[str, dict]:
+    """What the command printed, and what the DAG's process handed it (its result file)."""
+    output = run_pipeline_output()
+    return output, json.loads((LOCAL_DIR / "airflow" / "last_run.result.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def first_run(first_run_output, db):
-    run_id = re.search(r"^run_id:\s+(\S+)", first_run_output, re.M).group(1)
+    run_id = re.search(r"^run_id:\s+(\S+)", first_run_output[0], re.M).group(1)
     return run_id, snapshot(db)
 
 
@@ -78,11 +80,14 @@ def test_the_summary_printed_is_the_warehouse_s(first_run, first_run_output, db)
 
     from medallion import cli, runs
 
+    output, handed_over = first_run_output
+    expected = runs.summary(db, first_run[0])
+    assert handed_over["summary"] == json.loads(json.dumps(expected))
     printed = StringIO()
     with redirect_stdout(printed):
-        cli.print_summary(runs.summary(db, first_run[0]))
+        cli.print_summary(expected)
     assert "líneas leídas" in printed.getvalue()
-    assert printed.getvalue() in first_run_output
+    assert printed.getvalue() in output
 
 
 @pytest.fixture(scope="module")

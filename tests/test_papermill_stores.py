@@ -11,13 +11,28 @@ import nbformat
 
 from medallion.settings import get_connection
 
-REMOTE_CLIENT_MODULES = ["boto3", "github", "gcsfs", "azure.storage.blob", "azure.datalake.store"]
+REMOTE_CLIENT_MODULES = [
+    *("boto3", "github", "gcsfs", "gcsfs.retry", "azure.storage.blob", "azure.datalake.store"),
+    *("papermill.s3", "papermill.abs", "papermill.adl"),
+]  # neither imported nor left blocked (None) in sys.modules
 
 IMPORT_AS_A_TASK = f"""
 import json, sys
 import medallion.operators  # as the DAG file does, in every task's process
 import papermill.iorw
 print(json.dumps([m for m in {REMOTE_CLIENT_MODULES!r} if m in sys.modules]))
+"""
+
+WITHOUT_BOTO3 = """
+import json, sys
+import medallion.operators
+from papermill.exceptions import PapermillOptionalDependencyException
+from papermill.iorw import S3
+sys.modules["boto3"] = None  # as if papermill[s3] were not installed
+try:
+    S3()
+except PapermillOptionalDependencyException as err:
+    print(json.dumps(str(err)))
 """
 
 READ_FROM_S3 = """
@@ -39,6 +54,10 @@ def _python(code: str, *args: str, env: dict | None = None) -> list:
 
 def test_a_task_process_imports_no_remote_store_client():
     assert _python(IMPORT_AS_A_TASK) == []
+
+
+def test_a_client_that_is_not_installed_gets_papermills_own_message():
+    assert "pip install papermill[s3]" in _python(WITHOUT_BOTO3)
 
 
 def test_an_s3_notebook_is_read_with_its_client_imported_on_first_use(s3, params):
