@@ -6,7 +6,7 @@ takes about a second of CPU, on every notebook of a run. In `make run` the DAG's
 after the other in one process: there, papermill's engine is replaced by ``WarmKernelEngine``,
 which hands each notebook the kernel started for it and starts the next one; the first
 notebook's is started by ``medallion.runs`` before Airflow parses the DAG and starts its
-execution API (about 3 s). The kernels are forked from a process that has imported all that
+execution API. The kernels are forked from a process that has imported all that
 once (``medallion.zygote``), so each starts in a fraction of a second and with little CPU.
 A warm kernel is used only if it was started with the same kernel name, working directory
 and environment (the task's connections included) as the notebook's would be; otherwise, or
