@@ -84,7 +84,7 @@ test-fast: $(STAMP) ## Tests without the end-to-end DAG runs
 # The fault suite stops and crashes its services: it gets its own (root under .local/, ports).
 RELIABILITY_ENV := MEDALLION_LOCAL_DIR=$(CURDIR)/.local/reliability \
 	MEDALLION_OUTPUTS_DIR=$(CURDIR)/.local/reliability/outputs \
-	MEDALLION_S3_PORT=38433 MEDALLION_PG_PORT=54339 \
+	MEDALLION_S3_PORT=18433 MEDALLION_PG_PORT=25339 \
 	AIRFLOW_CONN_MINIO_DEFAULT= AIRFLOW_CONN_POSTGRES_DEFAULT=
 
 reliability: $(STAMP) ## Faults and hostile input against services of its own; prints the outcome table

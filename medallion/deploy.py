@@ -15,7 +15,7 @@ user pass through and win), and the admin login printed.
 Environment: ``AIRFLOW_API_PORT`` (8080; the scheduler's health check takes the next port),
 ``AIRFLOW_ADMIN_PASSWORD`` (else generated once, in .local/secrets.json),
 ``MEDALLION_AIRFLOW_HOME`` (.local/airflow-server), ``MEDALLION_AIRFLOW_DB`` (airflow: the
-metadata database and its role), ``MEDALLION_REDIS_PORT`` (36379, CeleryExecutor only).
+metadata database and its role), ``MEDALLION_REDIS_PORT`` (16379, CeleryExecutor only).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Deployment:
     home: str = _env("MEDALLION_AIRFLOW_HOME", str(LOCAL_DIR / "airflow-server"))
     api_port: str = _env("AIRFLOW_API_PORT", "8080")
     database: str = _env("MEDALLION_AIRFLOW_DB", "airflow")
-    redis_port: str = _env("MEDALLION_REDIS_PORT", "36379")
+    redis_port: str = _env("MEDALLION_REDIS_PORT", "16379")
 
     @property
     def root(self) -> Path:

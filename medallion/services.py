@@ -38,8 +38,11 @@ from pathlib import Path
 
 from medallion.settings import CONNECTIONS_FILE, LOCAL_DIR, SQL_DIR, env_var_name
 
-S3_PORT = int(os.environ.get("MEDALLION_S3_PORT", "38333"))
-PG_PORT = int(os.environ.get("MEDALLION_PG_PORT", "54329"))
+# Below 32768: ports in the system's range for outgoing connections (Linux: 32768-60999) can be
+# held at any moment by any client's socket, which made a server's start fail now and then.
+DEFAULT_S3_PORT, DEFAULT_PG_PORT = 18333, 25329
+S3_PORT = int(os.environ.get("MEDALLION_S3_PORT", DEFAULT_S3_PORT))
+PG_PORT = int(os.environ.get("MEDALLION_PG_PORT", DEFAULT_PG_PORT))
 PG_DATABASE = "medallion"
 PG_USER = "postgres"  # the superuser: set-up only (admin_connection)
 PIPELINE_ROLE = "medallion"  # what the pipeline connects as (postgres_default)
@@ -125,6 +128,29 @@ def port_free(port: int) -> bool:
     return True
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_ports() -> range:
+    """The ports the system gives outgoing connections (Linux's default where it cannot say)."""
+    try:
+        low, high = map(int, EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def _ephemeral_hint(port: int) -> str:
+    ephemeral = ephemeral_ports()
+    if port not in ephemeral:
+        return ""
+    return (
+        f" It lies in the range the system gives outgoing connections "
+        f"({ephemeral.start}-{ephemeral.stop - 1}), where any program's client may hold it for a "
+        f"while: choose one below {ephemeral.start}."
+    )
+
+
 def _check_ports(ports: dict[str, int], env_var: str, rule: str = "") -> None:
     """Every port a server will open is free, else a message naming the port and the variable
     that moves it (rather than the server's own failure, or a traceback, half-way through)."""
@@ -137,7 +163,7 @@ def _check_ports(ports: dict[str, int], env_var: str, rule: str = "") -> None:
         if not port_free(port):
             raise ServiceError(
                 f"Port {port} on 127.0.0.1 ({what}) is taken by another program: set {env_var} "
-                f"to another port{why}."
+                f"to another port{why}.{_ephemeral_hint(port)}"
             )
 
 
@@ -328,13 +354,14 @@ def _write_connections_file() -> None:
 # --------------------------------------------------------------------------- S3 (SeaweedFS)
 
 
-def s3_ports() -> dict[str, int]:
-    """Every port SeaweedFS opens, by its ``weed mini`` flag: each server's HTTP port and its
-    gRPC twin."""
+def s3_ports(s3_port: int | None = None) -> dict[str, int]:
+    """Every port SeaweedFS opens (for S3 on ``s3_port``, by default ours), by its ``weed mini``
+    flag: each server's HTTP port and its gRPC twin."""
+    base = S3_PORT if s3_port is None else s3_port
     ports = {}
     for server, offset in _WEED_SERVERS.items():
-        ports[f"{server}.port"] = S3_PORT + offset
-        ports[f"{server}.port.grpc"] = S3_PORT + offset + GRPC_OFFSET
+        ports[f"{server}.port"] = base + offset
+        ports[f"{server}.port.grpc"] = base + offset + GRPC_OFFSET
     return ports
 
 
@@ -375,10 +402,12 @@ def _weed_security(s: dict[str, str]) -> str:
 
 def start_s3(timeout: float = 60.0) -> str:
     """Start SeaweedFS' S3 gateway on 127.0.0.1 (or reuse the one already running)."""
-    if _read_pid(PATHS.s3_pid) and _port_open(S3_PORT):
-        if PATHS.s3_security.exists():
+    if _read_pid(PATHS.s3_pid):
+        if _port_open(S3_PORT) and PATHS.s3_security.exists():
             return "reused"
-        stop_s3()  # started by an older version: its internal servers answer anyone
+        # Started by an older version (its internal servers answer anyone) or on other ports
+        # (MEDALLION_S3_PORT changed, or the defaults did): two servers must not share the data.
+        stop_s3()
     ports = {f"SeaweedFS -{flag}": port for flag, port in s3_ports().items()}
     _check_ports(ports, "MEDALLION_S3_PORT", _S3_PORT_RULE)
     s = _secrets()
@@ -607,6 +636,8 @@ def start_postgres() -> str:
     if _pg_running():
         state = "reused"
     else:
+        if _read_pid(PATHS.pg_data / "postmaster.pid"):
+            stop_postgres()  # ours, on another port (MEDALLION_PG_PORT changed, or the default)
         _check_ports({"PostgreSQL": PG_PORT}, "MEDALLION_PG_PORT")
         run_as = _as_service_user()
         _prepare_pg_folder(run_as)
@@ -862,9 +893,13 @@ def _prepare_warehouse() -> None:
 
 
 def start() -> dict[str, str]:
-    """Start (or reuse) both services and write the connections file."""
-    _write_connections_file()
-    return {"s3": start_s3(), "postgres": start_postgres()}
+    """Start (or reuse) both services and write the connections file; one start at a time (a
+    second waits, then reuses what the first started)."""
+    PATHS.root.mkdir(parents=True, exist_ok=True)
+    with open(PATHS.root / ".services.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        _write_connections_file()
+        return {"s3": start_s3(), "postgres": start_postgres()}
 
 
 def stop() -> dict[str, str]:

@@ -1,5 +1,5 @@
 """Real services for the tests, never the developer's: embedded S3 and PostgreSQL of the test
-sessions' own (root ``.local/test``, ports 38533 and 54349: buckets, database and Airflow homes
+sessions' own (root ``.local/test``, ports 18533 and 25349: buckets, database and Airflow homes
 apart from what `make run` uses), or the ones named by AIRFLOW_CONN_MINIO_DEFAULT /
 AIRFLOW_CONN_POSTGRES_DEFAULT. Started once, before the first test that needs them; a session
 of pure tests starts none.
@@ -19,8 +19,8 @@ os.environ.setdefault("MEDALLION_LOCAL_DIR", str(Path(__file__).parents[1] / ".l
 os.environ.setdefault(
     "MEDALLION_OUTPUTS_DIR", os.path.join(os.environ["MEDALLION_LOCAL_DIR"], "outputs")
 )
-os.environ.setdefault("MEDALLION_S3_PORT", "38533")
-os.environ.setdefault("MEDALLION_PG_PORT", "54349")
+os.environ.setdefault("MEDALLION_S3_PORT", "18533")
+os.environ.setdefault("MEDALLION_PG_PORT", "25349")
 
 import pytest
 

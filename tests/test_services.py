@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import stat
@@ -448,8 +449,9 @@ def test_write_private_never_widens(tmp_path):
 
 
 def free_s3_base() -> int:
-    """An S3 port whose derived ports and gRPC twins are all free."""
-    for base in range(42100, 45000, 17):
+    """An S3 port whose derived ports and gRPC twins are all free (and, like the defaults, below
+    the ports the system hands out to outgoing connections)."""
+    for base in range(20100, 21700, 17):
         ports = [base + offset for offset in services._WEED_SERVERS.values()]
         if all(services.port_free(p) for p in ports + [p + services.GRPC_OFFSET for p in ports]):
             return base
@@ -457,9 +459,7 @@ def free_s3_base() -> int:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return next(port for port in range(26100, 27000, 7) if services.port_free(port))
 
 
 def services_cli(local: Path, s3_port: int, pg_port: int, action: str):
@@ -515,6 +515,38 @@ def test_starting_services_widens_no_folder_outside_local(tmp_path):
     assert stopped.returncode == 0, stopped.stderr
 
 
+def test_services_started_on_other_ports_are_moved_to_the_configured_ones(tmp_path):
+    """Ports changed (by the user, or by an upgrade's defaults) while the services run: the next
+    start stops them and starts them on the new ports, never a second server on the same data."""
+    local = tmp_path / ".local"
+    old_s3, old_pg = free_s3_base(), free_port()
+    first = services_cli(local, old_s3, old_pg, "start")
+    assert first.returncode == 0, first.stderr
+    old_weed = int((local / "seaweedfs.pid").read_text())
+    new_s3 = next(
+        base
+        for base in range(old_s3 + 17, 21700, 17)
+        if all(services.port_free(p) for p in services.s3_ports(base).values())
+    )
+    new_pg = next(p for p in range(old_pg + 7, 27000, 7) if services.port_free(p))
+    try:
+        second = services_cli(local, new_s3, new_pg, "start")
+        assert second.returncode == 0, second.stderr
+        assert json.loads(second.stdout) == {"s3": "started", "postgres": "started"}
+        assert not services.pid_alive(old_weed)
+        assert services._port_open(new_s3) and services._port_open(new_pg)
+        assert not services._port_open(old_s3) and not services._port_open(old_pg)
+    finally:
+        stopped = services_cli(local, new_s3, new_pg, "stop")
+        if services.pid_alive(old_weed):  # the move failed: the first one is left
+            os.killpg(old_weed, signal.SIGKILL)
+        services_cli(local, old_s3, old_pg, "stop")
+        link = local / "postgres"
+        if link.is_symlink():  # as root: the data went under PG_RUNTIME_ROOT
+            shutil.rmtree(link.resolve(), ignore_errors=True)
+    assert stopped.returncode == 0, stopped.stderr
+
+
 def test_a_taken_derived_port_is_named(tmp_path):
     s3_port = free_s3_base()
     filer_grpc = s3_port + services._WEED_SERVERS["filer"] + services.GRPC_OFFSET
@@ -526,3 +558,40 @@ def test_a_taken_derived_port_is_named(tmp_path):
     assert "Traceback" not in result.stderr
     assert f"Port {filer_grpc} " in result.stderr and "MEDALLION_S3_PORT" in result.stderr
     assert not (tmp_path / ".local" / "seaweedfs.pid").exists(), "SeaweedFS was started anyway"
+    assert "outgoing connections" not in result.stderr  # a port of ours, not the system's range
+
+
+def test_a_taken_port_among_the_outgoing_ones_says_so():
+    """A port the system may give any client's socket is named as such, with what to choose."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))  # the system picks from its outgoing range
+        port = squatter.getsockname()[1]
+        with pytest.raises(services.ServiceError) as error:
+            services._check_ports({"S3": port}, "MEDALLION_S3_PORT")
+    ephemeral = services.ephemeral_ports()
+    assert port in ephemeral
+    assert f"Port {port} " in str(error.value)
+    assert f"choose one below {ephemeral.start}" in str(error.value)
+
+
+@pytest.mark.pure
+def test_every_port_of_ours_is_below_the_outgoing_ones():
+    """Defaults, tests and the fault suite: a port in the system's outgoing range can be held by
+    any client for a while (a start of SeaweedFS in CI failed on one)."""
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    conftest = (PROJECT_ROOT / "tests" / "conftest.py").read_text()
+    chosen = {
+        "default": (services.DEFAULT_S3_PORT, services.DEFAULT_PG_PORT),
+        "make reliability": tuple(
+            int(re.search(rf"{var}=(\d+)", makefile)[1])
+            for var in ("MEDALLION_S3_PORT", "MEDALLION_PG_PORT")
+        ),
+        "make test": tuple(
+            int(re.search(rf'"{var}", "(\d+)"', conftest)[1])
+            for var in ("MEDALLION_S3_PORT", "MEDALLION_PG_PORT")
+        ),
+    }
+    lowest = min(services.ephemeral_ports().start, 32768)  # Linux's default, wherever run
+    for where, (s3_port, pg_port) in chosen.items():
+        ports = [*services.s3_ports(s3_port).values(), pg_port]
+        assert max(ports) < lowest, (where, ports)

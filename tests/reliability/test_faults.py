@@ -173,7 +173,7 @@ def test_s3_down_longer_than_the_retries_fails_clearly_then_the_next_run_loads_i
     assert code != 0
     # the failure names the file, the step and the object store it could not reach
     failure = next(line for line in output.splitlines() if line.startswith(f"{file_name}:"))
-    assert "38433" in failure and "Connection refused" in failure, failure
+    assert str(services.S3_PORT) in failure and "Connection refused" in failure, failure
     assert retried(output, task)  # a service fault is retried (data errors not)
     with db.connect() as conn:
         status = conn.execute(
