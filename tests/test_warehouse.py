@@ -416,6 +416,14 @@ def test_bulk_merge_gives_the_same_result_and_restores_keys_and_indexes(db):
             )
 
 
+def transit_fact_analyses(db) -> int:
+    return scalar(
+        db,
+        "select analyze_count from pg_stat_user_tables "
+        "where relid = 'public.bulk_fact_operaciones_ventas'::regclass",
+    )
+
+
 @pytest.fixture
 def empty_warehouse():
     """A warehouse of its own whose fact is empty (the shared one holds other tests' lines)."""
@@ -441,6 +449,8 @@ def test_new_lines_are_inserted_without_comparing_and_keys_built_once(empty_ware
     assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
     assert scalar(db, "select count(*) from pg_constraint where conname = :c",
                   c="fact_operaciones_ventas_pkey") == 1  # fmt: skip
+    # a first load plans nothing on its fact lines: their statistics are not gathered
+    assert transit_fact_analyses(db) == 0
     checks = scalar(
         db,
         "select details from audit.run_log where run_id = :r and step = 'publish'",
@@ -459,6 +469,7 @@ def test_new_lines_are_inserted_without_comparing_and_keys_built_once(empty_ware
         "unchanged": 0,
     }
     assert strategy(db, second.run_id) == "merge"
+    assert transit_fact_analyses(db) == 1  # the merge's plans need them
     # new lines only, onto a fact that holds lines: inserted, with its keys and checks in place
     third = Delivery(p, f"{p}-r3").line(5).line(6).load(db)
     assert merge(db, third.run_id)["fact_operaciones_ventas"]["inserted"] == 2
@@ -494,6 +505,7 @@ def test_a_first_load_that_repeats_a_line_key_is_merged_the_latest_wins(empty_wa
     run = Delivery(p, f"{p}-r1").line(1, quantity=1).line(2).line(1, quantity=7).load(db)
     assert merge(db, run.run_id)["fact_operaciones_ventas"]["inserted"] == 2
     assert strategy(db, run.run_id) == "merge"
+    assert transit_fact_analyses(db) == 1  # the merge it fell back to plans on them
     assert scalar(db, "select quantity from staging.fact_operaciones_ventas "
                       "where line_key = :k", k=f"{p}-L1") == 7  # fmt: skip
     assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
