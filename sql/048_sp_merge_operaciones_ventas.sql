@@ -83,17 +83,19 @@ begin
     end if;
 
     begin
-        -- statistics of the run's transit rows for the merges' plans; a first load of the fact
-        -- inserts its lines as they are (hash joins on the two dimensions): no plan to choose
-        v_empty := not exists (select 1 from staging.fact_operaciones_ventas);
+        -- statistics of the run's transit rows for the merges' plans; the fact's lines only
+        -- when they are merged: new lines are inserted as they are (hash joins on the two
+        -- dimensions, no plan to choose), and analyze reads most of a large delivery
         foreach v_table in array staging.transit_tables() loop
-            continue when v_empty and v_table = 'bulk_fact_operaciones_ventas';
+            continue when v_table = 'bulk_fact_operaciones_ventas';
             execute format('analyze public.%I', v_table);
         end loop;
         foreach v_table in array array['dim_inventario', 'dim_cliente',
                                        'fact_operaciones_ventas'] loop
             v_started := clock_timestamp();
             v_how := 'merge';
+            v_empty := v_table = 'fact_operaciones_ventas'
+                       and not exists (select 1 from staging.fact_operaciones_ventas);
             if v_table = 'fact_operaciones_ventas'
                and (v_empty
                     or not exists (select 1
@@ -143,9 +145,7 @@ begin
             end if;
             if v_how = 'merge' then
                 if v_table = 'fact_operaciones_ventas' then  -- the view's key resolution is not needed
-                    if v_empty then  -- a first load that delivers a line key twice
-                        analyze public.bulk_fact_operaciones_ventas;
-                    end if;
+                    analyze public.bulk_fact_operaciones_ventas;
                     select count(distinct line_key) into v_source
                     from public.bulk_fact_operaciones_ventas where run_id = p_run_id;
                 else
