@@ -186,6 +186,25 @@ def _read_pid(path: Path) -> int | None:
     return pid if pid_alive(pid) else None
 
 
+def _our_pid(path: Path, marker: str) -> int | None:
+    """The live process a pid file names, if it is ours: its command line holds ``marker`` (our
+    data folder). After a reboot the file may name an unrelated process, never to be stopped."""
+    import psutil
+
+    pid = _read_pid(path)
+    if pid is None:
+        return None
+    try:
+        command = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return None
+    return pid if marker in command else None
+
+
+def _weed_pid() -> int | None:
+    return _our_pid(PATHS.s3_pid, f"-dir={PATHS.s3_dir}")
+
+
 # --------------------------------------------------------------------------- secrets
 
 
@@ -402,7 +421,7 @@ def _weed_security(s: dict[str, str]) -> str:
 
 def start_s3(timeout: float = 60.0) -> str:
     """Start SeaweedFS' S3 gateway on 127.0.0.1 (or reuse the one already running)."""
-    if _read_pid(PATHS.s3_pid):
+    if _weed_pid():
         if _port_open(S3_PORT) and PATHS.s3_security.exists():
             return "reused"
         # Started by an older version (its internal servers answer anyone) or on other ports
@@ -473,8 +492,9 @@ def _wait_for_s3(timeout: float, proc: subprocess.Popen) -> None:
 
 
 def stop_s3(grace: float = 15.0) -> str:
-    pid = _read_pid(PATHS.s3_pid)
+    pid = _weed_pid()
     if pid is None:
+        PATHS.s3_pid.unlink(missing_ok=True)  # none, or stale: another program's pid by now
         return "not running"
     os.killpg(pid, signal.SIGTERM)  # weed ignores SIGTERM for a while; then we insist
     deadline = time.monotonic() + grace
@@ -636,7 +656,7 @@ def start_postgres() -> str:
     if _pg_running():
         state = "reused"
     else:
-        if _read_pid(PATHS.pg_data / "postmaster.pid"):
+        if _our_pid(PATHS.pg_data / "postmaster.pid", str(PATHS.pg_data)):
             stop_postgres()  # ours, on another port (MEDALLION_PG_PORT changed, or the default)
         _check_ports({"PostgreSQL": PG_PORT}, "MEDALLION_PG_PORT")
         run_as = _as_service_user()
@@ -908,7 +928,7 @@ def stop() -> dict[str, str]:
 
 def status() -> dict[str, str]:
     return {
-        "s3": "running" if _read_pid(PATHS.s3_pid) and _port_open(S3_PORT) else "stopped",
+        "s3": "running" if _weed_pid() and _port_open(S3_PORT) else "stopped",
         "postgres": "running" if _pg_running() else "stopped",
     }
 

@@ -547,6 +547,34 @@ def test_services_started_on_other_ports_are_moved_to_the_configured_ones(tmp_pa
     assert stopped.returncode == 0, stopped.stderr
 
 
+def test_a_pid_file_naming_another_program_leaves_it_alone(tmp_path):
+    """After a reboot a pid file may name an unrelated process: start, status and stop neither
+    stop it nor take it for our server."""
+    local = tmp_path / ".local"
+    (local / "seaweedfs").mkdir(parents=True)
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    (local / "seaweedfs.pid").write_text(str(other.pid))
+    s3_port, pg_port = free_s3_base(), free_port()
+    try:
+        assert json.loads(services_cli(local, s3_port, pg_port, "status").stdout)["s3"] == (
+            "stopped"
+        )
+        stopped = services_cli(local, s3_port, pg_port, "stop")
+        assert stopped.returncode == 0, stopped.stderr
+        assert other.poll() is None, "stop signalled another program"
+        (local / "seaweedfs.pid").write_text(str(other.pid))
+        started = services_cli(local, s3_port, pg_port, "start")
+        assert started.returncode == 0, started.stderr
+        assert json.loads(started.stdout)["s3"] == "started"
+        assert other.poll() is None, "start signalled another program"
+    finally:
+        other.kill()
+        services_cli(local, s3_port, pg_port, "stop")
+        link = local / "postgres"
+        if link.is_symlink():  # as root: the data went under PG_RUNTIME_ROOT
+            shutil.rmtree(link.resolve(), ignore_errors=True)
+
+
 def test_a_taken_derived_port_is_named(tmp_path):
     s3_port = free_s3_base()
     filer_grpc = s3_port + services._WEED_SERVERS["filer"] + services.GRPC_OFFSET
