@@ -129,6 +129,7 @@ def port_free(port: int) -> bool:
 
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LINUX_EPHEMERAL_PORTS = range(32768, 61000)  # Linux's default; every port of ours lies below
 
 
 def ephemeral_ports() -> range:
@@ -136,18 +137,20 @@ def ephemeral_ports() -> range:
     try:
         low, high = map(int, EPHEMERAL_RANGE_FILE.read_text().split())
     except (OSError, ValueError):
-        low, high = 32768, 60999
+        return LINUX_EPHEMERAL_PORTS
     return range(low, high + 1)
 
 
-def _ephemeral_hint(port: int) -> str:
+def _ephemeral_hint(port: int, env_var: str, span: int) -> str:
+    """Why a taken port in the outgoing range is no surprise, and the highest value of
+    ``env_var`` whose ports (up to ``span`` above it) all lie below that range."""
     ephemeral = ephemeral_ports()
     if port not in ephemeral:
         return ""
     return (
         f" It lies in the range the system gives outgoing connections "
         f"({ephemeral.start}-{ephemeral.stop - 1}), where any program's client may hold it for a "
-        f"while: choose one below {ephemeral.start}."
+        f"while: set {env_var} below {ephemeral.start - span}."
     )
 
 
@@ -155,6 +158,7 @@ def _check_ports(ports: dict[str, int], env_var: str, rule: str = "") -> None:
     """Every port a server will open is free, else a message naming the port and the variable
     that moves it (rather than the server's own failure, or a traceback, half-way through)."""
     why = f" ({rule})" if rule else ""
+    span = max(ports.values()) - min(ports.values())  # the variable's port is the lowest
     for what, port in ports.items():
         if not 0 < port < 65536:
             raise ServiceError(
@@ -163,7 +167,7 @@ def _check_ports(ports: dict[str, int], env_var: str, rule: str = "") -> None:
         if not port_free(port):
             raise ServiceError(
                 f"Port {port} on 127.0.0.1 ({what}) is taken by another program: set {env_var} "
-                f"to another port{why}.{_ephemeral_hint(port)}"
+                f"to another port{why}.{_ephemeral_hint(port, env_var, span)}"
             )
 
 
@@ -186,23 +190,24 @@ def _read_pid(path: Path) -> int | None:
     return pid if pid_alive(pid) else None
 
 
-def _our_pid(path: Path, marker: str) -> int | None:
-    """The live process a pid file names, if it is ours: its command line holds ``marker`` (our
-    data folder). After a reboot the file may name an unrelated process, never to be stopped."""
+def _our_pid(path: Path, *markers: str) -> int | None:
+    """The live process a pid file names, if it is ours: its command line holds every marker
+    (our data folder, a port). After a reboot the file may name an unrelated process, never to
+    be stopped; a zombie has no command line."""
     import psutil
 
     pid = _read_pid(path)
     if pid is None:
         return None
     try:
-        command = " ".join(psutil.Process(pid).cmdline())
+        command = " ".join(psutil.Process(pid).cmdline()) + " "
     except psutil.Error:
         return None
-    return pid if marker in command else None
+    return pid if all(marker in command for marker in markers) else None
 
 
-def _weed_pid() -> int | None:
-    return _our_pid(PATHS.s3_pid, f"-dir={PATHS.s3_dir}")
+def _weed_pid(*markers: str) -> int | None:
+    return _our_pid(PATHS.s3_pid, f"-dir={PATHS.s3_dir} ", *markers)
 
 
 # --------------------------------------------------------------------------- secrets
@@ -422,7 +427,7 @@ def _weed_security(s: dict[str, str]) -> str:
 def start_s3(timeout: float = 60.0) -> str:
     """Start SeaweedFS' S3 gateway on 127.0.0.1 (or reuse the one already running)."""
     if _weed_pid():
-        if _port_open(S3_PORT) and PATHS.s3_security.exists():
+        if _weed_pid(f"-s3.port={S3_PORT} ") and _port_open(S3_PORT) and PATHS.s3_security.exists():
             return "reused"
         # Started by an older version (its internal servers answer anyone) or on other ports
         # (MEDALLION_S3_PORT changed, or the defaults did): two servers must not share the data.
@@ -618,9 +623,25 @@ def _prepare_pg_folder(run_as: dict) -> None:
     )
 
 
+def _postmaster_pid() -> int | None:
+    return _our_pid(PATHS.pg_data / "postmaster.pid", f" {PATHS.pg_data} ")
+
+
+def _postmaster() -> tuple[int, int] | None:
+    """Our postmaster's pid and port (lines 1 and 4 of postmaster.pid), if it runs."""
+    pid = _postmaster_pid()
+    if pid is None:
+        return None
+    try:
+        return pid, int((PATHS.pg_data / "postmaster.pid").read_text().splitlines()[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _pg_running() -> bool:
-    pidfile = PATHS.pg_data / "postmaster.pid"
-    return pidfile.exists() and _read_pid(pidfile) is not None and _port_open(PG_PORT)
+    """Ours runs, on the configured port."""
+    running = _postmaster()
+    return running is not None and running[1] == PG_PORT and _port_open(PG_PORT)
 
 
 def _initdb(run_as: dict, superuser_password: str) -> None:
@@ -656,7 +677,7 @@ def start_postgres() -> str:
     if _pg_running():
         state = "reused"
     else:
-        if _our_pid(PATHS.pg_data / "postmaster.pid", str(PATHS.pg_data)):
+        if _postmaster():
             stop_postgres()  # ours, on another port (MEDALLION_PG_PORT changed, or the default)
         _check_ports({"PostgreSQL": PG_PORT}, "MEDALLION_PG_PORT")
         run_as = _as_service_user()
@@ -765,8 +786,8 @@ def ensure_database(name: str, owner: str | None = None, owner_password: str | N
 
 
 def stop_postgres() -> str:
-    if not (PATHS.pg_data / "postmaster.pid").exists():
-        return "not running"
+    if not _postmaster_pid():
+        return "not running"  # pg_ctl would signal whatever process the file names
     subprocess.run(
         [_pg_bin("pg_ctl"), "-D", str(PATHS.pg_data), "-m", "fast", "-w", "stop"],
         check=False,
@@ -912,18 +933,26 @@ def _prepare_warehouse() -> None:
 # --------------------------------------------------------------------------- both
 
 
-def start() -> dict[str, str]:
-    """Start (or reuse) both services and write the connections file; one start at a time (a
-    second waits, then reuses what the first started)."""
+@contextmanager
+def _one_at_a_time() -> Iterator[None]:
+    """Starts and stops of the services, one at a time (a second start waits, then reuses
+    what the first started)."""
     PATHS.root.mkdir(parents=True, exist_ok=True)
     with open(PATHS.root / ".services.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def start() -> dict[str, str]:
+    """Start (or reuse) both services and write the connections file."""
+    with _one_at_a_time():
         _write_connections_file()
         return {"s3": start_s3(), "postgres": start_postgres()}
 
 
 def stop() -> dict[str, str]:
-    return {"s3": stop_s3(), "postgres": stop_postgres()}
+    with _one_at_a_time():
+        return {"s3": stop_s3(), "postgres": stop_postgres()}
 
 
 def status() -> dict[str, str]:
