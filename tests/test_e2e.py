@@ -3,9 +3,11 @@
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from contextlib import closing
 from decimal import Decimal
 
 import pytest
@@ -202,6 +204,11 @@ def test_second_run_finds_nothing_new_and_changes_nothing(first_run, db):
     # the steps that need files were skipped at once: no pass of `dags test` found nothing to
     # run and waited (it waited a second per step, six in all)
     assert "No tasks to run" not in (LOCAL_DIR / "airflow" / "last_run.log").read_text()
+    with closing(sqlite3.connect(LOCAL_DIR / "airflow" / "airflow.db")) as airflow_db:
+        files = airflow_db.execute(
+            "select value from xcom where run_id = ? and task_id = 'file_tasks'", (run_id,)
+        ).fetchall()
+    assert files == [("[]",)]  # what the file steps, if cleared, expand over: no file
 
 
 def test_executed_notebooks_are_kept_without_secrets(first_run, secrets_in_use):
