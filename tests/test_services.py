@@ -614,7 +614,8 @@ def test_a_taken_port_among_the_outgoing_ones_says_so():
         squatter.bind(("127.0.0.1", 0))  # the system picks from its outgoing range
         port = squatter.getsockname()[1]
         with pytest.raises(services.ServiceError) as error:
-            services._check_ports({"S3": port - 100, "its gRPC": port}, "MEDALLION_S3_PORT")
+            # the taken one first: the other may be held too, by anyone, at this moment
+            services._check_ports({"its gRPC": port, "S3": port - 100}, "MEDALLION_S3_PORT")
     ephemeral = services.ephemeral_ports()
     assert port in ephemeral
     assert f"Port {port} " in str(error.value)
