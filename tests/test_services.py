@@ -483,6 +483,18 @@ def services_cli(local: Path, s3_port: int, pg_port: int, action: str, wait: boo
     )
 
 
+def stop_and_remove(local: Path, s3_port: int, pg_port: int):
+    """Stop a test's own services and remove what they leave outside ``local``."""
+    stopped = services_cli(local, s3_port, pg_port, "stop")
+    link = local / "postgres"
+    if link.is_symlink():  # as root: the data went under PG_RUNTIME_ROOT
+        shutil.rmtree(link.resolve(), ignore_errors=True)
+    for port in services.s3_ports(s3_port).values():
+        for left in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):  # weed leaves some
+            left.unlink(missing_ok=True)
+    return stopped
+
+
 def modes(paths) -> dict[str, str]:
     return {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in paths}
 
@@ -504,14 +516,7 @@ def test_starting_services_widens_no_folder_outside_local(tmp_path):
         assert json.loads(started.stdout) == {"s3": "started", "postgres": "started"}
         assert modes(watched) == before
     finally:
-        stopped = services_cli(local, s3_port, pg_port, "stop")
-        link = local / "postgres"
-        if link.is_symlink():  # as root: the data went under PG_RUNTIME_ROOT
-            shutil.rmtree(link.resolve(), ignore_errors=True)
-        for offset in services._WEED_SERVERS.values():
-            for port in (s3_port + offset, s3_port + offset + services.GRPC_OFFSET):
-                for left in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):  # weed leaves some
-                    left.unlink(missing_ok=True)
+        stopped = stop_and_remove(local, s3_port, pg_port)
     assert stopped.returncode == 0, stopped.stderr
 
 
@@ -537,13 +542,10 @@ def test_services_started_on_other_ports_are_moved_to_the_configured_ones(tmp_pa
         assert services._port_open(new_s3) and services._port_open(new_pg)
         assert not services._port_open(old_s3) and not services._port_open(old_pg)
     finally:
-        stopped = services_cli(local, new_s3, new_pg, "stop")
+        stopped = stop_and_remove(local, new_s3, new_pg)
         if services.pid_alive(old_weed):  # the move failed: the first one is left
             os.killpg(old_weed, signal.SIGKILL)
-        services_cli(local, old_s3, old_pg, "stop")
-        link = local / "postgres"
-        if link.is_symlink():  # as root: the data went under PG_RUNTIME_ROOT
-            shutil.rmtree(link.resolve(), ignore_errors=True)
+        stop_and_remove(local, old_s3, old_pg)
     assert stopped.returncode == 0, stopped.stderr
 
 
@@ -559,10 +561,7 @@ def test_two_starts_at_once_start_one_server_of_each(tmp_path):
             p.info["cmdline"] or [])]  # fmt: skip
         assert len(weeds) == 1
     finally:
-        services_cli(local, s3_port, pg_port, "stop")
-        link = local / "postgres"
-        if link.is_symlink():  # as root: the data went under PG_RUNTIME_ROOT
-            shutil.rmtree(link.resolve(), ignore_errors=True)
+        stop_and_remove(local, s3_port, pg_port)
 
 
 def test_a_pid_file_naming_another_program_leaves_it_alone(tmp_path):
@@ -587,10 +586,7 @@ def test_a_pid_file_naming_another_program_leaves_it_alone(tmp_path):
         assert other.poll() is None, "start signalled another program"
     finally:
         other.kill()
-        services_cli(local, s3_port, pg_port, "stop")
-        link = local / "postgres"
-        if link.is_symlink():  # as root: the data went under PG_RUNTIME_ROOT
-            shutil.rmtree(link.resolve(), ignore_errors=True)
+        stop_and_remove(local, s3_port, pg_port)
 
 
 def test_a_taken_derived_port_is_named(tmp_path):
