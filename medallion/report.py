@@ -11,9 +11,10 @@ line per task that failed, written by the tasks' failure callback).
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, wait
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -67,24 +68,41 @@ def render_notebook(notebook: Path) -> Path:
     return html
 
 
-# In a run whose tasks share one process (`make run`): each notebook rendered in a thread as
-# soon as its task has run it, while the next notebook runs (the process mostly waits for the
-# kernel then), instead of all of them by the run's last task.
-_ahead: ThreadPoolExecutor | None = None
+# In a run whose tasks share one process (`make run`): each notebook rendered as soon as its
+# task has run it, while the next notebook runs, instead of all of them by the run's last task.
+# Rendering (nbconvert: 0.6 s to import, 0.1-0.2 s a notebook) holds the GIL; in a thread of
+# the DAG's process it delayed the tasks (issue 12), so it runs in a process of its own. That
+# process starts with the first notebook to render: started with the run, it competed with
+# Airflow's start-up and the first kernel's for the two cores.
+_ahead: ProcessPoolExecutor | None = None
 _rendering: list[Future] = []
 
 
 def render_ahead() -> None:
-    """From now on in this process, ``notebook_executed`` renders the notebook in a thread."""
+    """From now on in this process, ``notebook_executed`` renders the notebook in another
+    process (spawned, not forked: the DAG's process has threads, Airflow's and the kernels')."""
     global _ahead  # noqa: PLW0603 - one per process
-    _ahead = _ahead or ThreadPoolExecutor(1, thread_name_prefix="render-ahead")
+    _ahead = _ahead or ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+
+
+def stop_rendering_ahead() -> None:
+    """Wait for the notebooks being rendered ahead and end the process that renders them."""
+    global _ahead  # noqa: PLW0603 - one per process
+    if _ahead is not None:
+        _ahead.shutdown(wait=True)
+        _ahead = None
+        _rendering.clear()
 
 
 def notebook_executed(notebook: Path) -> None:
     """A task has written its executed notebook: render it now if ``render_ahead`` (else the
     run's last task does, with ``render_run``)."""
-    if _ahead is not None:
+    if _ahead is None:
+        return
+    try:
         _rendering.append(_ahead.submit(render_notebook, notebook))
+    except (BrokenExecutor, RuntimeError):  # its process died: left to render_run
+        pass
 
 
 def render_run(output_dir: Path) -> list[Path]:

@@ -445,7 +445,10 @@ def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
     report.render_ahead()  # and each notebook is rendered while the next one runs
     _start_first_kernel(conf)
     dag = get_bagged_dag(bundle_names=None, dag_id=DAG_ID)
-    dag_run = dag.test(logical_date=timezone.utcnow(), run_conf=conf)
+    try:
+        dag_run = dag.test(logical_date=timezone.utcnow(), run_conf=conf)
+    finally:
+        report.stop_rendering_ahead()
     state = str(getattr(dag_run.state, "value", dag_run.state))
     result = {"run_id": dag_run.run_id, "state": state, **_command_summary(conf, dag_run.run_id)}
     result_file.write_text(json.dumps(result))

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -61,6 +63,42 @@ def test_a_notebook_is_rendered_as_soon_as_its_task_has_run_it_when_rendering_ah
     report.notebook_executed(gold)
     assert report.render_run(tmp_path) == []  # both were rendered ahead, and waited for
     assert first.with_suffix(".html").exists() and gold.with_suffix(".html").exists()
+    report.stop_rendering_ahead()
+
+
+def test_rendering_ahead_happens_in_another_process(tmp_path):
+    """nbconvert holds the GIL: rendered in the process that runs the tasks, it delays them."""
+    executed_notebook(tmp_path / "03_gold_model.ipynb")
+    script = (
+        "import sys; from pathlib import Path; from medallion import report\n"
+        "report.render_ahead()\n"
+        f"report.notebook_executed(Path({str(tmp_path / '03_gold_model.ipynb')!r}))\n"
+        f"print(report.render_run(Path({str(tmp_path)!r})), 'nbconvert' in sys.modules)\n"
+        "report.stop_rendering_ahead()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]", "False"]  # rendered ahead, and not by this process
+    assert (tmp_path / "03_gold_model.html").exists()
+
+
+def test_a_notebook_whose_renderer_died_is_rendered_at_the_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "_ahead", None)
+    report.render_ahead()
+    first = executed_notebook(tmp_path / "01_bronze_ingest__a.csv.ipynb")
+    report.notebook_executed(first)
+    report.render_run(tmp_path)  # the renderer's process is running now
+    first.with_suffix(".html").unlink()
+    for process in list(report._ahead._processes.values()):
+        process.kill()
+        process.join()
+    gold = executed_notebook(tmp_path / "03_gold_model.ipynb")
+    report.notebook_executed(gold)  # the task that ran it does not fail
+    assert sorted(p.name for p in report.render_run(tmp_path)) == [
+        "01_bronze_ingest__a.csv.html",
+        "03_gold_model.html",
+    ]
+    report.stop_rendering_ahead()
 
 
 def test_the_index_lists_runs_newest_first_with_or_without_their_record(tmp_path):
