@@ -11,10 +11,12 @@ line per task that failed, written by the tasks' failure callback).
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import tempfile
-from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, wait
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -23,6 +25,8 @@ from typing import Any
 from jinja2 import is_undefined
 
 from medallion.settings import OUTPUTS_DIR, run_slug
+
+log = logging.getLogger(__name__)
 
 RUN_RECORD = "run.json"
 FAILURES = "failures.jsonl"
@@ -78,18 +82,38 @@ _ahead: ProcessPoolExecutor | None = None
 _rendering: list[Future] = []
 
 
+# How long the run's last task waits for the notebooks rendered ahead before it renders what
+# is still missing itself (a notebook takes well under a second).
+RENDER_AHEAD_WAIT_S = 60
+
+
 def render_ahead() -> None:
     """From now on in this process, ``notebook_executed`` renders the notebook in another
-    process (spawned, not forked: the DAG's process has threads, Airflow's and the kernels')."""
+    process (spawned, not forked: the DAG's process has threads, Airflow's and the kernels'),
+    which ends with this one."""
     global _ahead  # noqa: PLW0603 - one per process
-    _ahead = _ahead or ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    _ahead = _ahead or ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=_end_with_parent
+    )
+
+
+def _end_with_parent() -> None:
+    """In the renderer: end when the process that started it ends, killed ones too."""
+
+    def watch() -> None:
+        multiprocessing.parent_process().join()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def stop_rendering_ahead() -> None:
-    """Wait for the notebooks being rendered ahead and end the process that renders them."""
+    """Wait for the notebooks being rendered ahead (at most RENDER_AHEAD_WAIT_S) and let the
+    process that renders them end."""
     global _ahead  # noqa: PLW0603 - one per process
     if _ahead is not None:
-        _ahead.shutdown(wait=True)
+        pending = wait(_rendering, timeout=RENDER_AHEAD_WAIT_S).not_done
+        _ahead.shutdown(wait=not pending, cancel_futures=True)  # a stuck one ends with us
         _ahead = None
         _rendering.clear()
 
@@ -101,14 +125,15 @@ def notebook_executed(notebook: Path) -> None:
         return
     try:
         _rendering.append(_ahead.submit(render_notebook, notebook))
-    except (BrokenExecutor, RuntimeError):  # its process died: left to render_run
-        pass
+    except Exception:  # noqa: BLE001 - its process died or did not start: left to render_run
+        log.warning("notebook %s left to be rendered at the end of the run", notebook.name,
+                    exc_info=True)  # fmt: skip
 
 
 def render_run(output_dir: Path) -> list[Path]:
     """HTML of every executed notebook of a run that has none yet or an older one (those
     rendered ahead are waited for; one that failed there is rendered here)."""
-    wait(_rendering)
+    wait(_rendering, timeout=RENDER_AHEAD_WAIT_S)
     _rendering.clear()
     rendered = []
     for notebook in sorted(output_dir.glob("*.ipynb")):

@@ -352,7 +352,7 @@ def run_dag(
     tasks = TaskProgress(Path(env["AIRFLOW_HOME"]) / "airflow.db")
     with log_file.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "medallion.runs", json.dumps(conf), str(result_file)],
+            [sys.executable, "-m", "medallion.dag_process", json.dumps(conf), str(result_file)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -536,8 +536,9 @@ def summary(eng, run_id: str) -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":
-    code = _dag_test(json.loads(sys.argv[1]), Path(sys.argv[2]))
+def main(argv: list[str]) -> None:
+    """The DAG's process (``python -m medallion.dag_process <conf> <result file>``)."""
+    code = _dag_test(json.loads(argv[0]), Path(argv[1]))
     # The result is written: skip the interpreter's teardown of Airflow (about 3 s measured
     # on a 100-line run, a seventh of the fixed cost of a run).
     sys.stdout.flush()

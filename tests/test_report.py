@@ -5,12 +5,16 @@ them is covered end to end (test_e2e, test_report_browser)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import multiprocessing
 import re
+import signal
 import subprocess
 import sys
 
 import nbformat
+import psutil
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
@@ -76,10 +80,44 @@ def test_rendering_ahead_happens_in_another_process(tmp_path):
         f"print(report.render_run(Path({str(tmp_path)!r})), 'nbconvert' in sys.modules)\n"
         "report.stop_rendering_ahead()\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[]", "False"]  # rendered ahead, and not by this process
     assert (tmp_path / "03_gold_model.html").exists()
+
+
+def test_the_renderer_ends_when_the_process_that_started_it_is_killed(tmp_path):
+    notebook = executed_notebook(tmp_path / "03_gold_model.ipynb")
+    script = (
+        "import os, signal; from pathlib import Path; from medallion import report\n"
+        "report.render_ahead()\n"
+        f"report.notebook_executed(Path({str(notebook)!r}))\n"
+        "report._rendering[0].result()\n"
+        "print(*report._ahead._processes, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # it notices its parent's end at once; the minute only bounds a failure of this test
+    with contextlib.suppress(psutil.NoSuchProcess):  # gone already
+        psutil.Process(int(killed.stdout.split()[0])).wait(timeout=60)
+
+
+def test_a_renderer_that_cannot_start_leaves_the_notebook_to_the_end(tmp_path, monkeypatch):
+    def no_process(self):
+        raise BlockingIOError("fork: resource temporarily unavailable")
+
+    monkeypatch.setattr(multiprocessing.get_context("spawn").Process, "start", no_process)
+    monkeypatch.setattr(report, "_ahead", None)
+    report.render_ahead()
+    gold = executed_notebook(tmp_path / "03_gold_model.ipynb")
+    report.notebook_executed(gold)  # the task that ran it does not fail
+    assert report.render_run(tmp_path) == [gold.with_suffix(".html")]
+    report.stop_rendering_ahead()
 
 
 def test_a_notebook_whose_renderer_died_is_rendered_at_the_end(tmp_path, monkeypatch):
