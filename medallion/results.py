@@ -137,19 +137,21 @@ def _top(db: Engine, run_id: str, dimension: str, key: str, name: str, n: int) -
     """The ``n`` natural keys with the most sales: key, name, sales, profit. Summed per
     surrogate key, then per natural key (a customer's versions, SCD type 2), in float8 as
     they are shown: 50,000 exact numeric sums side by side took twice as long (the top
-    products of 1M lines 0.88 -> 0.45 s, of 10M 5.2 -> 3.6 s; issue 12). Over the 10M bench
-    lines every product's and customer's float8 sum rounds to the exact one's four decimals
-    (largest difference 3e-9, measured)."""
+    products of 1M lines 0.88 -> 0.45 s, of 10M 5.2 -> 3.6 s; issue 12). The totals are
+    rounded to the columns' four decimals, so that equal totals stay equal (ordered by key)
+    whatever order float8 added them in; over the 10M bench lines every one was the exact
+    total (largest float8 difference 3e-9, measured)."""
     return _frame(
         db,
-        f"""select d.{key}, max(d.{name}) as {name}, sum(t.sales) as sales,
-                   sum(t.profit) as profit
+        f"""select d.{key}, max(d.{name}) as {name},
+                   round(sum(t.sales)::numeric, 4)::float8 as sales,
+                   round(sum(t.profit)::numeric, 4)::float8 as profit
             from (select {dimension}_key, sum(sales::float8) as sales,
                          sum(profit::float8) as profit
                   from staging.fact_operaciones_ventas where run_id = :r group by 1) as t
             join staging.dim_{dimension} as d using ({dimension}_key)
             group by d.{key}
-            order by sum(t.sales) desc, d.{key} limit :n""",  # noqa: S608 - our column names
+            order by round(sum(t.sales)::numeric, 4) desc, d.{key} limit :n""",  # noqa: S608 - our column names
         r=run_id,
         n=n,
     )
