@@ -101,20 +101,23 @@ class LineKeys:
         self._positions: Counter = Counter()
         self._seen = Fingerprints()
 
-    def assign(self, chunk: pd.DataFrame) -> tuple[pd.Series, int]:
+    def assign(self, table: pa.Table) -> tuple[pa.Array, int]:
+        """Each row's line key (text) and how many of them were seen before."""
+        names = [c for c in (self.source_id, "order_id") if c and c in table.column_names]
+        chunk = table.select(names).to_pandas()
         key = pd.Series(pd.NA, index=chunk.index, dtype="string")
         if self.source_id and self.source_id in chunk:
             key = chunk[self.source_id].astype("string")
         missing = key.isna() & chunk["order_id"].notna()
         if missing.any():  # order id + position, only where the source has no line id
-            order = chunk.loc[missing, "order_id"]
+            order = chunk.loc[missing, "order_id"].astype("string")
             known = order.map(lambda o: self._positions[o]).astype("Int64")
             position = known + order.groupby(order).cumcount() + 1
             self._positions.update(order.value_counts().to_dict())
             key[missing] = order + "-" + position.astype("string")
         present = key.notna().to_numpy()
         hi, _ = fingerprint(key[present], bits=64)
-        return key, int(self._seen.add(hi).sum())
+        return pa.array(key, type=pa.string(), from_pandas=True), int(self._seen.add(hi).sum())
 
 
 class ExactDuplicates:

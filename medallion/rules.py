@@ -1,15 +1,22 @@
-"""The contract's rules, run on every row of a chunk at once.
+"""The contract's rules, run on every row of a chunk at once, in Arrow compute.
 
 Each check yields (rule, message, mask). A row is reported with every rule it fails, not just
 the first; what happens to it depends on the rule's severity in the contract (warn, drop, fail).
 A value that could not be stored as it is (a control character, digits of another script, more
 digits than the column holds) fails a rule of its own: it never reaches a cast that would fail
 the whole file.
+
+The common value (a plain ISO date, a plain amount, a quantity of ASCII digits) is decided by
+Arrow's kernels alone, which release the GIL, so chunks are checked side by side on every core.
+Every other value (other date forms, currency symbols, thousands separators, digits of another
+script) goes, on its rows only, through the parsers of ``medallion.values``.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,11 +24,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from medallion.contract import Contract
+from medallion.contract import Column, Contract
 from medallion.values import ValueFormat, normalize_amount, parse_dates
 
-_INTEGER = r"[+]?[0-9]+"  # ASCII digits only (see values: no \d)
 _INT64_MAX = 2**63 - 1
+_TEXT = pa.large_string()
+_NO_TEXT = pa.scalar(None, _TEXT)
+_NO_DATE = pa.scalar(None, pa.date32())
+# dates are checked by Arrow in the years 1900-2199; others take the values module's path
+_FIRST_DAY = pa.scalar(-25567, pa.int32()).cast(pa.date32())  # 1900-01-01
+_LAST_DAY = pa.scalar(84005, pa.int32()).cast(pa.date32())  # 2199-12-31
+_DATE_SLICE = 8192  # Arrow's strict date cast fails a whole slice on one odd value
 
 
 @dataclass
@@ -29,18 +42,21 @@ class Verdict:
     """The outcome of the rules on one chunk. Every rule looks at its own row only, so the
     verdict of a subset of the rows (``subset``) is the subset of the verdict."""
 
-    chunk: pd.DataFrame  # typed values (dates, canonical decimal text, Int64 quantities)
-    reasons: pd.Series  # '; '-joined messages of drop/fail rules ('' = row passes)
-    warnings: pd.Series  # '; '-joined messages of warn rules
+    # typed values: dates (date32), canonical decimal text, quantities (int64), trimmed text;
+    # and the lines' source_line, raw_record and extra_attributes
+    table: pa.Table
+    reasons: pa.Array  # '; '-joined messages of drop/fail rules ('' = row passes)
+    warnings: pa.Array  # '; '-joined messages of warn rules
     hits: list[tuple[str, str, np.ndarray]] = field(default_factory=list)  # severity, rule, rows
     lines: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # source lines
 
     def subset(self, keep: np.ndarray) -> Verdict:
         """The verdict of the rows where ``keep`` is True (e.g. without exact duplicates)."""
+        rows = pa.array(keep)
         return Verdict(
-            self.chunk[keep],
-            self.reasons[keep],
-            self.warnings[keep],
+            self.table.filter(rows),
+            self.reasons.filter(rows),
+            self.warnings.filter(rows),
             [(severity, rule, mask[keep]) for severity, rule, mask in self.hits],
             self.lines[keep],
         )
@@ -57,158 +73,274 @@ class Verdict:
         return counts, first_line
 
 
-def _strings(chunk: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Values as trimmed text, '' as missing: trimmed by Arrow (utf8_trim_whitespace, as
-    pandas' str.strip on Arrow strings), without a pandas copy per step."""
-    empty = pa.scalar(None, pa.large_string())
-    for col in columns:
-        values = chunk[col] if col in chunk else pd.Series(None, index=chunk.index)
-        text = values.astype("string").array.__arrow_array__()
-        trimmed = pc.utf8_trim_whitespace(text)
-        trimmed = pc.if_else(pc.equal(trimmed, ""), empty, trimmed.cast(pa.large_string()))
-        chunk[col] = pd.Series(pd.arrays.ArrowStringArray(trimmed), index=chunk.index)
-    return chunk
+def _bools(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A numpy mask from an Arrow boolean (missing = False)."""
+    return pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
 
 
-def _checks(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat, structural: pd.Series):
-    """Yield (rule, message, mask) for every rule; also converts the chunk's values in place."""
+def _text(chunk: pd.DataFrame, name: str) -> pa.Array:
+    """A column's values as Arrow text (large_string, as pandas' Arrow strings hold)."""
+    if name not in chunk:
+        return pa.nulls(len(chunk), _TEXT)
+    text = pa.array(chunk[name].astype("string"), from_pandas=True)
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    return text.cast(_TEXT)
+
+
+def _trimmed(chunk: pd.DataFrame, name: str) -> pa.Array:
+    """Values as trimmed text, '' as missing (utf8_trim_whitespace, as pandas' str.strip on
+    Arrow strings): '' becomes missing through a new validity bitmap, the text is not copied."""
+    trimmed = pc.utf8_trim_whitespace(_text(chunk, name))
+    if trimmed.offset:
+        trimmed = pa.concat_arrays([trimmed])  # re-based (the buffers below start at row 0)
+    keep = pc.and_(pc.is_valid(trimmed), pc.greater(pc.binary_length(trimmed), 0))
+    if keep.offset:
+        keep = pa.concat_arrays([keep])
+    _, offsets, data = trimmed.buffers()
+    return pa.Array.from_buffers(_TEXT, len(trimmed), [keep.buffers()[1], offsets, data])
+
+
+def _from_pandas(values: pd.Series, kind: pa.DataType) -> pa.Array:
+    return pa.array(values.to_numpy(), from_pandas=True).cast(kind)
+
+
+def _pandas_text(values: pa.Array) -> pd.Series:
+    return pd.Series(pd.arrays.ArrowStringArray(values), dtype="string")
+
+
+def _set_rows(base: pa.Array, rows: np.ndarray, values: pa.Array) -> pa.Array:
+    """``base`` with the rows where ``rows`` is True replaced by ``values`` (in order)."""
+    return pc.replace_with_mask(base, pa.array(rows), values.cast(base.type))
+
+
+def _iso_dates(text: pa.Array) -> pa.Array:
+    """date32 of the values that are exactly 'yyyy-mm-dd' with a real day, else missing."""
+    try:  # Arrow's date32 cast: length 10, digits, '-' at 4 and 7, a real day; else it raises
+        return text.cast(pa.date32())
+    except pa.ArrowInvalid:
+        pass
+    # lenient strptime (2024-02-30 -> 2024-03-01, 2024-1-5 -> 2024-01-05), then kept only where
+    # formatting the date gives back the text: exactly the canonical, real dates
+    days = pc.cast(pc.strptime(text, "%Y-%m-%d", "s", error_is_null=True), pa.date32(), safe=False)
+    same = pc.fill_null(pc.equal(pc.cast(days, _TEXT), text), False)
+    return pc.if_else(same, days, _NO_DATE)
+
+
+def _dates(text: pa.Array, date_format: str) -> pa.Array:
+    """Dates (date32; unparseable -> missing): plain ISO days of 1900-2199 by Arrow, the
+    other values by ``values.parse_dates`` on their rows only."""
+    parts = [_iso_dates(text.slice(i, _DATE_SLICE)) for i in range(0, len(text), _DATE_SLICE)]
+    dates = pa.concat_arrays(parts) if parts else pa.array([], pa.date32())
+    plain = pc.and_(pc.greater_equal(dates, _FIRST_DAY), pc.less_equal(dates, _LAST_DAY))
+    plain = pc.fill_null(plain, False)
+    dates = pc.if_else(plain, dates, _NO_DATE)
+    odd = _bools(pc.and_(pc.is_valid(text), pc.invert(plain)))
+    if odd.any():
+        parsed = parse_dates(_pandas_text(text.filter(pa.array(odd))), date_format)
+        dates = _set_rows(dates, odd, _from_pandas(parsed, pa.date32()))
+    return dates
+
+
+def _foreign_digits(values: pd.Series) -> np.ndarray:
+    """Where a value that is not a number has digits of another script ('１２３', '٣'):
+    looked at in Python, on the few rows that failed the ASCII patterns only."""
+    return np.array(
+        [
+            isinstance(v, str) and any(c.isdecimal() and not c.isascii() for c in v)
+            for v in values.astype(object)
+        ],
+        dtype=bool,
+    )
+
+
+def _amounts(text: pa.Array, decimal: str) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(canonical text, valid, foreign digits) of amounts: a plain canonical number stays as it
+    is; the others go through ``values.normalize_amount`` on their rows only."""
+    if decimal == ".":
+        plain = _bools(pc.match_substring_regex(text, r"^-?[0-9]+(?:\.[0-9]+)?$"))
+    else:
+        plain = np.zeros(len(text), dtype=bool)
+    odd = _bools(pc.is_valid(text)) & ~plain
+    canonical = pc.if_else(pa.array(plain), text, _NO_TEXT)
+    valid, foreign = plain.copy(), np.zeros(len(text), dtype=bool)
+    if odd.any():
+        values = _pandas_text(text.filter(pa.array(odd)))
+        odd_text, odd_valid = normalize_amount(values, decimal)
+        odd_valid = odd_valid.to_numpy(dtype=bool)
+        canonical = _set_rows(canonical, odd, pa.array(odd_text.astype(object), type=_TEXT))
+        valid[odd] = odd_valid
+        foreign[odd] = _foreign_digits(values) & ~odd_valid
+    return canonical, valid, foreign
+
+
+@dataclass
+class _Amount:
+    text: pa.Array  # canonical text ('1234.50'), missing where not a number
+    valid: np.ndarray
+    foreign: np.ndarray  # digits of another script
+    too_many_decimals: np.ndarray
+    too_big: np.ndarray  # more integer digits than the column holds
+
+
+def _decimal(text: pa.Array, col: Column, decimal: str) -> _Amount:
+    """One column of amounts. One bounded pattern decides the common row (a plain number
+    that fits the column's scale and precision); the other present rows are normalized and
+    measured on their own."""
+    n, digits = len(text), col.arrow_type.precision - col.scale
+    point = re.escape(decimal)
+    fraction = rf"(?:{point}[0-9]{{1,{col.scale}}})?" if col.scale else ""
+    fits = _bools(pc.match_substring_regex(text, rf"^-?[0-9]{{1,{digits}}}{fraction}$"))
+    out = _Amount(text, fits.copy(), *(np.zeros(n, dtype=bool) for _ in range(3)))
+    if decimal != ".":
+        out.text = pc.if_else(pa.array(fits), pc.replace_substring(text, ",", "."), text)
+    rest = _bools(pc.is_valid(text)) & ~fits
+    if not rest.any():
+        return out
+    rows = pa.array(rest)
+    canonical, valid, foreign = _amounts(text.filter(rows), decimal)
+    length = pc.binary_length(canonical)
+    point_at = pc.find_substring(canonical, ".")
+    decimals = pc.if_else(
+        pc.greater_equal(point_at, 0), pc.subtract(pc.subtract(length, point_at), 1), 0
+    )
+    out.too_many_decimals[rest] = _bools(pc.greater(decimals, col.scale))
+    long = _bools(pc.greater(length, digits))  # a cheap bound: few are that long
+    if long.any():  # leading zeros and the sign do not count
+        whole = _pandas_text(canonical.filter(pa.array(long))).str.split(".").str[0]
+        too_big = np.zeros(len(canonical), dtype=bool)
+        too_big[long] = (whole.str.lstrip("-").str.lstrip("0").str.len() > digits).to_numpy(
+            dtype=bool
+        )
+        out.too_big[rest] = too_big
+    out.valid[rest], out.foreign[rest] = valid, foreign
+    out.text = pc.replace_with_mask(out.text, rows, canonical)
+    return out
+
+
+def _quantity(text: pa.Array, decimal: str) -> Iterator[tuple[str, str, np.ndarray | pa.Array]]:
+    """The quantity's rules; the last item is ("", "", quantities as int64)."""
+    present = _bools(pc.is_valid(text))
+    digits_only = _bools(pc.ascii_is_decimal(text))  # the common row: [0-9]+
+    other = present & ~digits_only
+    is_integer, foreign = digits_only, np.zeros(len(text), dtype=bool)
+    if other.any():  # signs, decimals, separators, junk: normalized on those rows only
+        rows = pa.array(other)
+        canonical, _, foreign[other] = _amounts(text.filter(rows), decimal)
+        text = pc.replace_with_mask(text, rows, canonical)
+        is_integer = digits_only.copy()
+        is_integer[other] = _bools(pc.match_substring_regex(canonical, r"^[+]?[0-9]+$"))
+    yield "non_ascii_digits", "quantity has non-ASCII digits", foreign
+    yield "quantity_not_integer", "quantity is not an integer", present & ~foreign & ~is_integer
+    too_big = _bools(pc.greater(pc.binary_length(text), 18)) & is_integer  # 19 digits can fit
+    if too_big.any():
+        long = text.filter(pa.array(too_big)).to_pylist()
+        too_big[too_big] = [abs(int(v)) > _INT64_MAX for v in long]
+    yield "integer_out_of_range", "quantity is beyond the 64-bit integer range", too_big
+    integers = pc.if_else(pa.array(is_integer & ~too_big), text, _NO_TEXT)
+    quantity = pc.cast(integers, pa.int64())  # exact: never through float
+    yield "quantity_not_positive", "quantity is not > 0", pc.less_equal(quantity, 0)
+    yield "", "", quantity
+
+
+def _checks(
+    text: dict[str, pa.Array],
+    chunk: pd.DataFrame,
+    contract: Contract,
+    fmt: ValueFormat,
+    structural: np.ndarray,
+    typed: dict[str, pa.Array],
+) -> Iterator[tuple[str, str, np.ndarray | pa.Array]]:
+    """Yield (rule, message, mask) for every rule; fills ``typed`` with the converted values."""
     if "control_fields" in chunk:  # found by the reader, in the raw line or the record's values
-        fields = chunk["control_fields"]
-        for names in fields.dropna().unique():
-            yield "control_character", f"control character in {names}", fields == names
+        fields = _text(chunk, "control_fields")
+        for names in pc.unique(fields.drop_null()).to_pylist():
+            yield "control_character", f"control character in {names}", pc.equal(fields, names)
 
+    records = pa.array(~structural)
     for name in contract.required:
-        yield "missing_required", f"missing {name}", chunk[name].isna() & ~structural
+        yield "missing_required", f"missing {name}", pc.and_(pc.is_null(text[name]), records)
 
     dates = {}
     for col in (c for c in contract.columns.values() if c.type == "date"):
-        dates[col.name] = parse_dates(chunk[col.name], fmt.date_format)
-        yield (
-            "invalid_date",
-            f"invalid date in {col.name}",
-            (chunk[col.name].notna() & dates[col.name].isna()),
-        )
-        chunk[col.name] = dates[col.name]  # datetime64; written to silver as date32
+        dates[col.name] = _dates(text[col.name], fmt.date_format)
+        invalid = pc.and_(pc.is_valid(text[col.name]), pc.is_null(dates[col.name]))
+        yield "invalid_date", f"invalid date in {col.name}", invalid
+        typed[col.name] = dates[col.name]
     if {"order_date", "ship_date"} <= dates.keys():
         yield (
             "ship_before_order",
             "ship_date before order_date",
-            (dates["ship_date"] < dates["order_date"]),
+            pc.less(dates["ship_date"], dates["order_date"]),
         )
 
     numbers = {}
     for col in (c for c in contract.columns.values() if c.type == "decimal"):
-        text, valid = normalize_amount(chunk[col.name], fmt.decimal_separator)
-        foreign = _foreign_digits(chunk[col.name], chunk[col.name].notna() & ~valid)
-        yield "non_ascii_digits", f"{col.name} has non-ASCII digits", foreign
-        yield (
-            "not_a_number",
-            f"{col.name} is not a number",
-            chunk[col.name].notna() & ~valid & ~foreign,
-        )
-        point = text.str.find(".")  # canonical text: at most one point
-        length = text.str.len()
-        decimals = (length - point - 1).where(point >= 0, 0).fillna(0)
+        amount = _decimal(text[col.name], col, fmt.decimal_separator)
+        present = _bools(pc.is_valid(text[col.name]))
+        digits = col.arrow_type.precision - col.scale
+        yield "non_ascii_digits", f"{col.name} has non-ASCII digits", amount.foreign
+        not_a_number = present & ~amount.valid & ~amount.foreign
+        yield "not_a_number", f"{col.name} is not a number", not_a_number
         yield (
             "too_many_decimals",
             f"{col.name} has more than {col.scale} decimal places",
-            (decimals > col.scale),
+            amount.too_many_decimals,
         )
-        digits = col.arrow_type.precision - col.scale
-        too_big = _more_integer_digits(text, length, digits)
-        yield "amount_out_of_range", f"{col.name} has more than {digits} integer digits", too_big
-        chunk[col.name] = text.where((decimals <= col.scale) & ~too_big)
-        numbers[col.name] = _to_float(text)
+        yield (
+            "amount_out_of_range",
+            f"{col.name} has more than {digits} integer digits",
+            amount.too_big,
+        )
+        unfit = amount.too_many_decimals | amount.too_big
+        typed[col.name] = (
+            pc.if_else(pa.array(~unfit), amount.text, _NO_TEXT) if unfit.any() else amount.text
+        )
+        numbers[col.name] = pc.cast(amount.text, pa.float64())  # for the range rules only
 
-    qty_text, qty_valid = normalize_amount(chunk["quantity"], fmt.decimal_separator)
-    present = chunk["quantity"].notna()
-    foreign = _foreign_digits(chunk["quantity"], present & ~qty_valid)
-    yield "non_ascii_digits", "quantity has non-ASCII digits", foreign
-    not_int = present & ~foreign & ~qty_text.str.fullmatch(_INTEGER).fillna(False)
-    yield "quantity_not_integer", "quantity is not an integer", not_int
-    integer = qty_text.where(~not_int & ~foreign)
-    too_big = _beyond_int64(integer)
-    yield "integer_out_of_range", "quantity is beyond the 64-bit integer range", too_big
-    qty = _to_int64(integer.where(~too_big))  # exact: never through float
-    yield "quantity_not_positive", "quantity is not > 0", qty.notna() & (qty <= 0)
-    chunk["quantity"] = qty
+    for rule, message, mask in _quantity(text["quantity"], fmt.decimal_separator):
+        if not rule:
+            typed["quantity"] = mask
+            continue
+        yield rule, message, mask
 
     if "sales" in numbers:
-        yield "sales_negative", "sales is negative", numbers["sales"] < 0
+        yield "sales_negative", "sales is negative", pc.less(numbers["sales"], 0)
     if "discount" in numbers:
         d = numbers["discount"]
-        yield "discount_out_of_range", "discount outside [0, 1]", (d < 0) | (d > 1)
+        yield (
+            "discount_out_of_range",
+            "discount outside [0, 1]",
+            pc.or_(pc.less(d, 0), pc.greater(d, 1)),
+        )
     if {"profit", "sales"} <= numbers.keys():
-        yield "profit_above_sales", "profit above sales", numbers["profit"] > numbers["sales"]
+        yield (
+            "profit_above_sales",
+            "profit above sales",
+            pc.greater(numbers["profit"], numbers["sales"]),
+        )
 
 
-def _foreign_digits(values: pd.Series, suspects: pd.Series) -> pd.Series:
-    """Where a value that is not a number has digits of another script ('１２３', '٣'):
-    looked at in Python, on the few rows that failed the ASCII patterns only."""
-    rows = suspects.to_numpy(dtype=bool, na_value=False)
-    out = np.zeros(len(values), dtype=bool)
-    if rows.any():
-        out[rows] = [
-            any(c.isdecimal() and not c.isascii() for c in v) for v in values[rows].astype(str)
-        ]
-    return pd.Series(out, index=values.index)
-
-
-def _more_integer_digits(text: pd.Series, length: pd.Series, digits: int) -> pd.Series:
-    """Canonical amounts with more than ``digits`` digits before the point (leading zeros
-    do not count): decimal(18, 4) holds 14, and Arrow's cast would fail the whole chunk."""
-    out = (length > digits).fillna(False).astype(bool)  # a cheap bound: few are that long
-    if out.any():
-        whole = text[out].str.split(".").str[0].str.lstrip("-").str.lstrip("0")
-        out[out] = whole.str.len() > digits
-    return out
-
-
-def _beyond_int64(text: pd.Series) -> pd.Series:
-    """Canonical integers outside a bigint (at most 19 digits can fit: only those are parsed)."""
-    out = (text.str.len() > 18).fillna(False).astype(bool)
-    if out.any():
-        out[out] = [abs(int(v)) > _INT64_MAX for v in text[out]]
-    return out
-
-
-def _to_int64(text: pd.Series) -> pd.Series:
-    """Canonical integer text (validated and in range, or missing) as Int64, cast by Arrow."""
-    values = pc.cast(pa.array(text, type=pa.string(), from_pandas=True), pa.int64())
-    # by position: the chunk's index need not start at 0 (a Series would be aligned by label)
-    as_int = values.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get).array
-    return pd.Series(as_int, index=text.index)
-
-
-def _to_float(text: pd.Series) -> pd.Series:
-    """Canonical number text (validated, or missing) as float64 for the range rules, cast by
-    Arrow; the exact values stay in the text."""
-    values = pc.cast(pa.array(text, type=pa.string(), from_pandas=True), pa.float64())
-    return pd.Series(values.to_numpy(zero_copy_only=False), index=text.index)
+PASSED_ON = ("source_line", "raw_record", "extra_attributes")  # the reader's, kept as they are
 
 
 def apply_rules(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat) -> Verdict:
     """Run every rule on every row of a chunk of raw text values."""
-    chunk = _strings(chunk, list(contract.columns))
-    parse_error = (
-        chunk["parse_error"] if "parse_error" in chunk else pd.Series(None, index=chunk.index)
-    )
-    structural = parse_error.notna()
     n = len(chunk)
-    reasons = parse_error.astype(object).where(structural, "").to_numpy(dtype=object, copy=True)
-    lines = chunk["source_line"].to_numpy()
+    parse_error = _text(chunk, "parse_error")
+    structural = _bools(pc.is_valid(parse_error))
+    text = {name: _trimmed(chunk, name) for name in contract.columns}
     hits: list[tuple[str, str, np.ndarray]] = []
     if structural.any():  # the reader names the structural rule of each line it could not read
-        rules = chunk["parse_rule"] if "parse_rule" in chunk else pd.Series(None, index=chunk.index)
-        rules = rules.where(structural).fillna("wrong_field_count").where(structural)
-        for rule in rules.dropna().unique():
-            mask = (rules == rule).to_numpy(dtype=bool, na_value=False)
-            hits.append((contract.severity(rule), rule, mask))
+        rules = pc.fill_null(_text(chunk, "parse_rule"), "wrong_field_count")
+        rules = pc.if_else(pa.array(structural), rules, _NO_TEXT)
+        for rule in pc.unique(rules.drop_null()).to_pylist():
+            hits.append((contract.severity(rule), rule, _bools(pc.equal(rules, rule))))
 
-    value_rows = ~structural.to_numpy(dtype=bool)
+    typed: dict[str, pa.Array] = {}
     failed, warned = [], []
-    for rule, message, mask in _checks(chunk, contract, fmt, structural):
-        mask = pd.Series(mask).to_numpy(dtype=bool, na_value=False) & value_rows
+    for rule, message, mask in _checks(text, chunk, contract, fmt, structural, typed):
+        mask = (mask if isinstance(mask, np.ndarray) else _bools(mask)) & ~structural
         if not mask.any():
             continue
         severity = contract.severity(rule)
@@ -217,25 +349,37 @@ def apply_rules(chunk: pd.DataFrame, contract: Contract, fmt: ValueFormat) -> Ve
             continue
         hits.append((severity, rule, mask))
         failed.append((message, mask))
-    _join(reasons, failed)
-    kept = reasons == ""
-    warnings = np.full(n, "", dtype=object)
+    reasons = _joined(parse_error, failed, n)
+    kept = _bools(pc.equal(reasons, ""))
+    shown = []
     for rule, message, mask in warned:  # a warning counts on the rows that are kept
         if (mask & kept).any():
             hits.append(("warn", rule, mask & kept))
-            _join(warnings, [(message, mask & kept)])
-    return Verdict(
-        chunk,
-        pd.Series(reasons, index=chunk.index, dtype="string"),
-        pd.Series(warnings, index=chunk.index, dtype="string"),
-        hits,
-        lines,
-    )
+            shown.append((message, mask & kept))
+    columns = {name: typed.get(name, text[name]) for name in contract.columns}
+    for name in PASSED_ON:
+        if name in chunk:
+            columns[name] = pa.array(chunk[name], from_pandas=True)
+    lines = chunk["source_line"].to_numpy(dtype=np.int64)
+    return Verdict(pa.table(columns), reasons, _joined(None, shown, n), hits, lines)
 
 
-def _join(messages: np.ndarray, failed: list[tuple[str, np.ndarray]]) -> None:
-    """Append each rule's message, in rule order and '; '-joined, to the rows it failed:
-    only those rows (few) are touched, once."""
-    for message, mask in failed:
-        for i in np.flatnonzero(mask):
-            messages[i] = f"{messages[i]}; {message}" if messages[i] else message
+def _joined(base: pa.Array | None, messages: list[tuple[str, np.ndarray]], n: int) -> pa.Array:
+    """Per row, ``base`` (if any) and each message whose mask is set, '; '-joined in rule
+    order ('' where none). Joined on the flagged rows only: pyarrow 26.0.1's
+    binary_join_element_wise(null_handling='skip') drops rows whose inputs are all missing."""
+    none = pa.repeat(pa.scalar("", _TEXT), n)
+    flagged = np.zeros(n, dtype=bool) if base is None else _bools(pc.is_valid(base))
+    for _, mask in messages:
+        flagged |= mask
+    if not flagged.any():
+        return none
+    rows = pa.array(flagged)
+    parts = [] if base is None else [base.filter(rows)]
+    for message, mask in messages:
+        parts.append(pc.if_else(pa.array(mask[flagged]), pa.scalar(message, _TEXT), _NO_TEXT))
+    if len(parts) > 1:
+        joined = pc.binary_join_element_wise(*parts, pa.scalar("; ", _TEXT), null_handling="skip")
+    else:
+        joined = parts[0]
+    return pc.replace_with_mask(none, rows, joined)

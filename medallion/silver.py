@@ -88,24 +88,19 @@ class FileReport:
 
 
 def to_arrow(
-    frame: pd.DataFrame, schema: pa.Schema, constants: dict[str, str] | None = None
+    columns: dict[str, pa.Array], rows: int, schema: pa.Schema, constants: dict[str, str]
 ) -> pa.Table:
-    """Typed Arrow columns, converted by Arrow: decimals are cast from their canonical text
-    (exact, never through float), dates from datetime64; ``constants`` fills a column with
-    one value (the source object, the run id) without a Python object per row."""
+    """``schema``'s table of ``rows`` rows, cast by Arrow: decimals from their canonical text
+    (exact, never through float); ``constants`` fills a column with one value (the source
+    object, the run id); a column that is in neither is missing."""
     arrays = []
-    constants = constants or {}
     for f in schema:
         if f.name in constants:
-            arrays.append(pa.repeat(pa.scalar(constants[f.name], f.type), len(frame)))
-            continue
-        if f.name not in frame:
-            arrays.append(pa.nulls(len(frame), f.type))
-            continue
-        values = pa.array(frame[f.name], from_pandas=True)
-        if pa.types.is_decimal(f.type) and not pa.types.is_decimal(values.type):
-            values = values.cast(pa.string())
-        arrays.append(values.cast(f.type))
+            arrays.append(pa.repeat(pa.scalar(constants[f.name], f.type), rows))
+        elif f.name in columns:
+            arrays.append(columns[f.name].cast(f.type))
+        else:
+            arrays.append(pa.nulls(rows, f.type))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -307,15 +302,14 @@ def _clean_chunks(
         verdict = checked.verdict
         if verdict is None:
             continue
-        report.lines_in += len(verdict.chunk)
+        report.lines_in += len(verdict.lines)
         repeated = duplicates.mark_hashed(checked.hi, checked.lo) & ~checked.structural
         if repeated.any():
             report.duplicates += int(repeated.sum())
             verdict = verdict.subset(~repeated)
 
-        chunk = verdict.chunk
-        chunk["line_key"], conflicts = keys.assign(chunk)
-        chunk["dq_warnings"] = verdict.warnings.mask(verdict.warnings == "")
+        table = verdict.table
+        line_key, conflicts = keys.assign(table)
         report.conflicts += conflicts
         counts, first_line = verdict.tally()
         for severity, counter in counts.items():
@@ -323,19 +317,23 @@ def _clean_chunks(
         for rule, line in first_line.items():
             report.first_line[rule] = min(line, report.first_line.get(rule, line))
 
-        rejected = (verdict.reasons != "").to_numpy(dtype=bool)
+        rejected = ~pc.equal(verdict.reasons, "").to_numpy(zero_copy_only=False)
         # the whole chunk is typed by Arrow, then split (a rejected row's values are missing
         # where they could not be typed); the few rejected rows keep their text
-        good = without_rows(to_arrow(chunk, contract.silver_schema, constants), rejected)
+        warnings = pc.if_else(pc.equal(verdict.warnings, ""), None, verdict.warnings)
+        columns = dict(zip(table.column_names, table.columns, strict=True))
+        columns |= {"line_key": line_key, "dq_warnings": warnings}
+        typed = to_arrow(columns, table.num_rows, contract.silver_schema, constants)
+        good = without_rows(typed, rejected)
         out.write(good)
         report.sales_total += pc.sum(good.column("sales")).as_py() or Decimal(0)
-        quarantine.write(
-            to_arrow(
-                chunk[rejected].assign(reject_reason=verdict.reasons[rejected]),
-                contract.quarantine_schema,
-                constants,
+        if rejected.any():
+            rows = pa.array(rejected)
+            bad = {name: values.filter(rows) for name, values in columns.items()}
+            bad["reject_reason"] = verdict.reasons.filter(rows)
+            quarantine.write(
+                to_arrow(bad, int(rejected.sum()), contract.quarantine_schema, constants)
             )
-        )
         report.rows_out, report.quarantined = out.rows, quarantine.rows
 
 

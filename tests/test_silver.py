@@ -78,6 +78,19 @@ def test_every_failed_rule_is_reported(tmp_path, contract):
     assert bad[0]["reject_reason"] == "missing order_id; sales is negative"
 
 
+def test_quarantined_line_shows_its_values_as_silver_types_them(tmp_path, contract):
+    """A rejected line's columns are its typed values as text (the raw line is kept beside
+    them); a value that could not be typed is missing."""
+    values = GOOD.split(",")
+    values[0], values[3], values[8], values[9] = "2", "2024-02-30", "+1234.50", " 07 "
+    _, _, bad = clean(tmp_path, "t.csv", f"{HEADER}\n{','.join(values)}\n", contract)
+    (row,) = bad
+    assert row["reject_reason"] == "invalid date in ship_date"
+    assert (row["order_date"], row["ship_date"]) == ("2024-03-01", None)
+    assert (row["sales"], row["quantity"], row["discount"]) == ("1234.50", "7", "0.2")
+    assert row["raw_record"] == ",".join(values)
+
+
 def test_wrong_field_count_keeps_raw_text(tmp_path, contract):
     too_many, too_few = GOOD + ",extra", ",".join(GOOD.split(",")[:-2])
     _, good, bad = clean(
