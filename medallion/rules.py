@@ -14,6 +14,7 @@ script) goes, on its rows only, through the parsers of ``medallion.values``.
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -28,12 +29,13 @@ from medallion.contract import Column, Contract
 from medallion.values import ValueFormat, normalize_amount, parse_dates
 
 _INT64_MAX = 2**63 - 1
+Check = tuple[str, str, "np.ndarray | pa.Array"]  # rule, message, rows that fail it
 _TEXT = pa.large_string()
 _NO_TEXT = pa.scalar(None, _TEXT)
 _NO_DATE = pa.scalar(None, pa.date32())
 # dates are checked by Arrow in the years 1900-2199; others take the values module's path
-_FIRST_DAY = pa.scalar(-25567, pa.int32()).cast(pa.date32())  # 1900-01-01
-_LAST_DAY = pa.scalar(84005, pa.int32()).cast(pa.date32())  # 2199-12-31
+_FIRST_DAY = pa.scalar(datetime.date(1900, 1, 1), pa.date32())
+_LAST_DAY = pa.scalar(datetime.date(2199, 12, 31), pa.date32())
 _DATE_SLICE = 8192  # Arrow's strict date cast fails a whole slice on one odd value
 
 
@@ -90,11 +92,12 @@ def _text(chunk: pd.DataFrame, name: str) -> pa.Array:
 
 def _trimmed(chunk: pd.DataFrame, name: str) -> pa.Array:
     """Values as trimmed text, '' as missing (utf8_trim_whitespace, as pandas' str.strip on
-    Arrow strings): '' becomes missing through a new validity bitmap, the text is not copied."""
+    Arrow strings): '' becomes missing through a new validity bitmap, the text is not copied
+    again."""
     trimmed = pc.utf8_trim_whitespace(_text(chunk, name))
     if trimmed.offset:
         trimmed = pa.concat_arrays([trimmed])  # re-based (the buffers below start at row 0)
-    keep = pc.and_(pc.is_valid(trimmed), pc.greater(pc.binary_length(trimmed), 0))
+    keep = pc.fill_null(pc.greater(pc.binary_length(trimmed), 0), False)  # no bits under nulls
     if keep.offset:
         keep = pa.concat_arrays([keep])
     _, offsets, data = trimmed.buffers()
@@ -154,7 +157,7 @@ def _foreign_digits(values: pd.Series) -> np.ndarray:
     )
 
 
-def _amounts(text: pa.Array, decimal: str) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+def _normalized_amounts(text: pa.Array, decimal: str) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """(canonical text, valid, foreign digits) of amounts: a plain canonical number stays as it
     is; the others go through ``values.normalize_amount`` on their rows only."""
     if decimal == ".":
@@ -175,7 +178,7 @@ def _amounts(text: pa.Array, decimal: str) -> tuple[pa.Array, np.ndarray, np.nda
 
 
 @dataclass
-class _Amount:
+class _AmountColumn:
     text: pa.Array  # canonical text ('1234.50'), missing where not a number
     valid: np.ndarray
     foreign: np.ndarray  # digits of another script
@@ -183,7 +186,7 @@ class _Amount:
     too_big: np.ndarray  # more integer digits than the column holds
 
 
-def _decimal(text: pa.Array, col: Column, decimal: str) -> _Amount:
+def _amount_column(text: pa.Array, col: Column, decimal: str) -> _AmountColumn:
     """One column of amounts. One bounded pattern decides the common row (a plain number
     that fits the column's scale and precision); the other present rows are normalized and
     measured on their own."""
@@ -191,14 +194,14 @@ def _decimal(text: pa.Array, col: Column, decimal: str) -> _Amount:
     point = re.escape(decimal)
     fraction = rf"(?:{point}[0-9]{{1,{col.scale}}})?" if col.scale else ""
     fits = _bools(pc.match_substring_regex(text, rf"^-?[0-9]{{1,{digits}}}{fraction}$"))
-    out = _Amount(text, fits.copy(), *(np.zeros(n, dtype=bool) for _ in range(3)))
+    out = _AmountColumn(text, fits.copy(), *(np.zeros(n, dtype=bool) for _ in range(3)))
     if decimal != ".":
         out.text = pc.if_else(pa.array(fits), pc.replace_substring(text, ",", "."), text)
     rest = _bools(pc.is_valid(text)) & ~fits
     if not rest.any():
         return out
     rows = pa.array(rest)
-    canonical, valid, foreign = _amounts(text.filter(rows), decimal)
+    canonical, valid, foreign = _normalized_amounts(text.filter(rows), decimal)
     length = pc.binary_length(canonical)
     point_at = pc.find_substring(canonical, ".")
     decimals = pc.if_else(
@@ -218,29 +221,32 @@ def _decimal(text: pa.Array, col: Column, decimal: str) -> _Amount:
     return out
 
 
-def _quantity(text: pa.Array, decimal: str) -> Iterator[tuple[str, str, np.ndarray | pa.Array]]:
-    """The quantity's rules; the last item is ("", "", quantities as int64)."""
+def _quantity(text: pa.Array, decimal: str) -> tuple[list[Check], pa.Array]:
+    """The quantity's checks, and its values as int64 (missing where not a valid integer)."""
     present = _bools(pc.is_valid(text))
     digits_only = _bools(pc.ascii_is_decimal(text))  # the common row: [0-9]+
     other = present & ~digits_only
     is_integer, foreign = digits_only, np.zeros(len(text), dtype=bool)
     if other.any():  # signs, decimals, separators, junk: normalized on those rows only
         rows = pa.array(other)
-        canonical, _, foreign[other] = _amounts(text.filter(rows), decimal)
+        canonical, _, other_foreign = _normalized_amounts(text.filter(rows), decimal)
+        foreign[other] = other_foreign
         text = pc.replace_with_mask(text, rows, canonical)
         is_integer = digits_only.copy()
         is_integer[other] = _bools(pc.match_substring_regex(canonical, r"^[+]?[0-9]+$"))
-    yield "non_ascii_digits", "quantity has non-ASCII digits", foreign
-    yield "quantity_not_integer", "quantity is not an integer", present & ~foreign & ~is_integer
+    checks: list[Check] = [
+        ("non_ascii_digits", "quantity has non-ASCII digits", foreign),
+        ("quantity_not_integer", "quantity is not an integer", present & ~foreign & ~is_integer),
+    ]
     too_big = _bools(pc.greater(pc.binary_length(text), 18)) & is_integer  # 19 digits can fit
     if too_big.any():
         long = text.filter(pa.array(too_big)).to_pylist()
         too_big[too_big] = [abs(int(v)) > _INT64_MAX for v in long]
-    yield "integer_out_of_range", "quantity is beyond the 64-bit integer range", too_big
+    checks.append(("integer_out_of_range", "quantity is beyond the 64-bit integer range", too_big))
     integers = pc.if_else(pa.array(is_integer & ~too_big), text, _NO_TEXT)
     quantity = pc.cast(integers, pa.int64())  # exact: never through float
-    yield "quantity_not_positive", "quantity is not > 0", pc.less_equal(quantity, 0)
-    yield "", "", quantity
+    checks.append(("quantity_not_positive", "quantity is not > 0", pc.less_equal(quantity, 0)))
+    return checks, quantity
 
 
 def _checks(
@@ -250,8 +256,9 @@ def _checks(
     fmt: ValueFormat,
     structural: np.ndarray,
     typed: dict[str, pa.Array],
-) -> Iterator[tuple[str, str, np.ndarray | pa.Array]]:
-    """Yield (rule, message, mask) for every rule; fills ``typed`` with the converted values."""
+) -> Iterator[Check]:
+    """Yield (rule, message, mask) for every rule, in the order a reason lists them; fills
+    ``typed`` with each column's converted values as its rules are checked."""
     if "control_fields" in chunk:  # found by the reader, in the raw line or the record's values
         fields = _text(chunk, "control_fields")
         for names in pc.unique(fields.drop_null()).to_pylist():
@@ -276,7 +283,7 @@ def _checks(
 
     numbers = {}
     for col in (c for c in contract.columns.values() if c.type == "decimal"):
-        amount = _decimal(text[col.name], col, fmt.decimal_separator)
+        amount = _amount_column(text[col.name], col, fmt.decimal_separator)
         present = _bools(pc.is_valid(text[col.name]))
         digits = col.arrow_type.precision - col.scale
         yield "non_ascii_digits", f"{col.name} has non-ASCII digits", amount.foreign
@@ -298,11 +305,8 @@ def _checks(
         )
         numbers[col.name] = pc.cast(amount.text, pa.float64())  # for the range rules only
 
-    for rule, message, mask in _quantity(text["quantity"], fmt.decimal_separator):
-        if not rule:
-            typed["quantity"] = mask
-            continue
-        yield rule, message, mask
+    checks, typed["quantity"] = _quantity(text["quantity"], fmt.decimal_separator)
+    yield from checks
 
     if "sales" in numbers:
         yield "sales_negative", "sales is negative", pc.less(numbers["sales"], 0)
