@@ -72,13 +72,18 @@ def test_fast_dates_are_pandas_dates(date_format):
 
 
 @pytest.mark.parametrize("bits", [64, 128])
-def test_fingerprints_remember_like_a_set(bits):
+@pytest.mark.parametrize("spread", ["small", "full"])  # full: the bitmap's slots differ
+def test_fingerprints_remember_like_a_set(bits, spread):
     rng = np.random.default_rng(3)
+    pool = np.arange(8, dtype=np.uint64)
+    if spread == "full":
+        pool = rng.integers(0, 2**64 - 1, 8, dtype=np.uint64, endpoint=True)
+        pool[:2] = pool[2] ^ np.uint64(1), pool[2] ^ np.uint64(1 << 63)  # one slot, two slots
     for _ in range(200):
         prints, seen = Fingerprints(max_run=int(rng.integers(1, 50))), set()
         for _ in range(int(rng.integers(1, 6))):
             n = int(rng.integers(0, 40))
-            hi = rng.integers(0, 8, n).astype(np.uint64)
+            hi = pool[rng.integers(0, 8, n)]
             lo = rng.integers(0, 3, n).astype(np.uint64) if bits == 128 else None
             keys = list(zip(hi, lo if lo is not None else [0] * n, strict=True))
             expected = []
