@@ -7,7 +7,7 @@ digits than the column holds) fails a rule of its own: it never reaches a cast t
 the whole file.
 
 The common value (a plain ISO date, a plain amount, a quantity of ASCII digits) is decided by
-Arrow's kernels alone, which release the GIL, so chunks are checked side by side on every core.
+Arrow's kernels alone, which release the GIL: a chunk is checked while the next one is read.
 Every other value (other date forms, currency symbols, thousands separators, digits of another
 script) goes, on its rows only, through the parsers of ``medallion.values``.
 """
