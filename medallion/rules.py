@@ -9,12 +9,12 @@ the whole file.
 The common value (a plain ISO date, a plain amount, a quantity of ASCII digits) is decided by
 Arrow's kernels alone, which release the GIL: a chunk is checked while the next one is read.
 Every other value (other date forms, currency symbols, thousands separators, digits of another
-script) goes, on its rows only, through the parsers of ``medallion.values``.
+script) goes, on its rows only, through the slower parsers; dates and amounts are read by
+``medallion.values``.
 """
 
 from __future__ import annotations
 
-import datetime
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -26,17 +26,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from medallion.contract import Column, Contract
-from medallion.values import ValueFormat, normalize_amount, parse_dates
+from medallion.values import ValueFormat, arrow_text, dates, normalize_amount, text_series
 
 _INT64_MAX = 2**63 - 1
 Check = tuple[str, str, "np.ndarray | pa.Array"]  # rule, message, rows that fail it
 _TEXT = pa.large_string()
 _NO_TEXT = pa.scalar(None, _TEXT)
-_NO_DATE = pa.scalar(None, pa.date32())
-# dates are checked by Arrow in the years 1900-2199; others take the values module's path
-_FIRST_DAY = pa.scalar(datetime.date(1900, 1, 1), pa.date32())
-_LAST_DAY = pa.scalar(datetime.date(2199, 12, 31), pa.date32())
-_DATE_SLICE = 8192  # Arrow's strict date cast fails a whole slice on one odd value
 
 
 @dataclass
@@ -81,13 +76,8 @@ def _bools(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def _text(chunk: pd.DataFrame, name: str) -> pa.Array:
-    """A column's values as Arrow text (large_string, as pandas' Arrow strings hold)."""
-    if name not in chunk:
-        return pa.nulls(len(chunk), _TEXT)
-    text = pa.array(chunk[name].astype("string"), from_pandas=True)
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
-    return text.cast(_TEXT)
+    """A column's values as Arrow text (missing if the chunk has no such column)."""
+    return arrow_text(chunk[name]) if name in chunk else pa.nulls(len(chunk), _TEXT)
 
 
 def _trimmed(chunk: pd.DataFrame, name: str) -> pa.Array:
@@ -104,47 +94,6 @@ def _trimmed(chunk: pd.DataFrame, name: str) -> pa.Array:
     return pa.Array.from_buffers(_TEXT, len(trimmed), [keep.buffers()[1], offsets, data])
 
 
-def _from_pandas(values: pd.Series, kind: pa.DataType) -> pa.Array:
-    return pa.array(values.to_numpy(), from_pandas=True).cast(kind)
-
-
-def _pandas_text(values: pa.Array) -> pd.Series:
-    return pd.Series(pd.arrays.ArrowStringArray(values), dtype="string")
-
-
-def _set_rows(base: pa.Array, rows: np.ndarray, values: pa.Array) -> pa.Array:
-    """``base`` with the rows where ``rows`` is True replaced by ``values`` (in order)."""
-    return pc.replace_with_mask(base, pa.array(rows), values.cast(base.type))
-
-
-def _iso_dates(text: pa.Array) -> pa.Array:
-    """date32 of the values that are exactly 'yyyy-mm-dd' with a real day, else missing."""
-    try:  # Arrow's date32 cast: length 10, digits, '-' at 4 and 7, a real day; else it raises
-        return text.cast(pa.date32())
-    except pa.ArrowInvalid:
-        pass
-    # lenient strptime (2024-02-30 -> 2024-03-01, 2024-1-5 -> 2024-01-05), then kept only where
-    # formatting the date gives back the text: exactly the canonical, real dates
-    days = pc.cast(pc.strptime(text, "%Y-%m-%d", "s", error_is_null=True), pa.date32(), safe=False)
-    same = pc.fill_null(pc.equal(pc.cast(days, _TEXT), text), False)
-    return pc.if_else(same, days, _NO_DATE)
-
-
-def _dates(text: pa.Array, date_format: str) -> pa.Array:
-    """Dates (date32; unparseable -> missing): plain ISO days of 1900-2199 by Arrow, the
-    other values by ``values.parse_dates`` on their rows only."""
-    parts = [_iso_dates(text.slice(i, _DATE_SLICE)) for i in range(0, len(text), _DATE_SLICE)]
-    dates = pa.concat_arrays(parts) if parts else pa.array([], pa.date32())
-    plain = pc.and_(pc.greater_equal(dates, _FIRST_DAY), pc.less_equal(dates, _LAST_DAY))
-    plain = pc.fill_null(plain, False)
-    dates = pc.if_else(plain, dates, _NO_DATE)
-    odd = _bools(pc.and_(pc.is_valid(text), pc.invert(plain)))
-    if odd.any():
-        parsed = parse_dates(_pandas_text(text.filter(pa.array(odd))), date_format)
-        dates = _set_rows(dates, odd, _from_pandas(parsed, pa.date32()))
-    return dates
-
-
 def _foreign_digits(values: pd.Series) -> np.ndarray:
     """Where a value that is not a number has digits of another script ('１２３', '٣'):
     looked at in Python, on the few rows that failed the ASCII patterns only."""
@@ -158,23 +107,16 @@ def _foreign_digits(values: pd.Series) -> np.ndarray:
 
 
 def _normalized_amounts(text: pa.Array, decimal: str) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """(canonical text, valid, foreign digits) of amounts: a plain canonical number stays as it
-    is; the others go through ``values.normalize_amount`` on their rows only."""
-    if decimal == ".":
-        plain = _bools(pc.match_substring_regex(text, r"^-?[0-9]+(?:\.[0-9]+)?$"))
-    else:
-        plain = np.zeros(len(text), dtype=bool)
-    odd = _bools(pc.is_valid(text)) & ~plain
-    canonical = pc.if_else(pa.array(plain), text, _NO_TEXT)
-    valid, foreign = plain.copy(), np.zeros(len(text), dtype=bool)
-    if odd.any():
-        values = _pandas_text(text.filter(pa.array(odd)))
-        odd_text, odd_valid = normalize_amount(values, decimal)
-        odd_valid = odd_valid.to_numpy(dtype=bool)
-        canonical = _set_rows(canonical, odd, pa.array(odd_text.astype(object), type=_TEXT))
-        valid[odd] = odd_valid
-        foreign[odd] = _foreign_digits(values) & ~odd_valid
-    return canonical, valid, foreign
+    """(canonical text, valid, foreign digits) of the few amounts that are not plain, by
+    ``values.normalize_amount``; digits of another script are looked for where it failed."""
+    values = text_series(text)
+    canonical, valid = normalize_amount(values, decimal)
+    valid = valid.to_numpy(dtype=bool)
+    foreign = np.zeros(len(values), dtype=bool)
+    suspects = ~valid & values.notna().to_numpy(dtype=bool)
+    if suspects.any():
+        foreign[suspects] = _foreign_digits(values[suspects])
+    return pa.array(canonical.astype(object), type=_TEXT), valid, foreign
 
 
 @dataclass
@@ -210,7 +152,7 @@ def _amount_column(text: pa.Array, col: Column, decimal: str) -> _AmountColumn:
     out.too_many_decimals[rest] = _bools(pc.greater(decimals, col.scale))
     long = _bools(pc.greater(length, digits))  # a cheap bound: few are that long
     if long.any():  # leading zeros and the sign do not count
-        whole = _pandas_text(canonical.filter(pa.array(long))).str.split(".").str[0]
+        whole = text_series(canonical.filter(pa.array(long))).str.split(".").str[0]
         too_big = np.zeros(len(canonical), dtype=bool)
         too_big[long] = (whole.str.lstrip("-").str.lstrip("0").str.len() > digits).to_numpy(
             dtype=bool
@@ -268,17 +210,17 @@ def _checks(
     for name in contract.required:
         yield "missing_required", f"missing {name}", pc.and_(pc.is_null(text[name]), records)
 
-    dates = {}
+    days = {}
     for col in (c for c in contract.columns.values() if c.type == "date"):
-        dates[col.name] = _dates(text[col.name], fmt.date_format)
-        invalid = pc.and_(pc.is_valid(text[col.name]), pc.is_null(dates[col.name]))
+        days[col.name] = dates(text[col.name], fmt.date_format)
+        invalid = pc.and_(pc.is_valid(text[col.name]), pc.is_null(days[col.name]))
         yield "invalid_date", f"invalid date in {col.name}", invalid
-        typed[col.name] = dates[col.name]
-    if {"order_date", "ship_date"} <= dates.keys():
+        typed[col.name] = days[col.name]
+    if {"order_date", "ship_date"} <= days.keys():
         yield (
             "ship_before_order",
             "ship_date before order_date",
-            pc.less(dates["ship_date"], dates["order_date"]),
+            pc.less(days["ship_date"], days["order_date"]),
         )
 
     numbers = {}

@@ -5,10 +5,10 @@ and dates into canonical text and dates.
 
 from __future__ import annotations
 
+import datetime
 import re
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -145,15 +145,54 @@ def detect_date_format(values: pd.Series, day_first: bool) -> tuple[str, str | N
 
 
 def parse_dates(values: pd.Series, date_format: str) -> pd.Series:
-    """Dates in the file's format; ISO 8601 is always accepted. Unparseable -> NaT."""
+    """``dates`` of pandas values, as datetime64 (unparseable -> NaT)."""
+    days = dates(arrow_text(values), date_format).cast(pa.timestamp("us"))
+    out = days.to_numpy(zero_copy_only=False)
+    return pd.Series(out, index=values.index, dtype="datetime64[us]")
+
+
+# Arrow reads a plain ISO day of these years by itself; other values take the slower path
+_FIRST_DAY = pa.scalar(datetime.date(1900, 1, 1), pa.date32())
+_LAST_DAY = pa.scalar(datetime.date(2199, 12, 31), pa.date32())
+_DATE_SLICE = 8192  # Arrow's strict date cast fails a whole slice on one odd value
+_NO_DATE = pa.scalar(None, pa.date32())
+
+
+def dates(text: pa.Array, date_format: str) -> pa.Array:
+    """Dates in the file's format (date32; unparseable -> missing); ISO 8601 is always
+    accepted. A plain ISO day ('yyyy-mm-dd', a real day of 1900-2199) is read by Arrow alone;
+    the other values (other forms, impossible days, far years) by pandas, on their rows only."""
+    parts = [_iso_days(text.slice(i, _DATE_SLICE)) for i in range(0, len(text), _DATE_SLICE)]
+    days = pa.concat_arrays(parts) if parts else pa.array([], pa.date32())
+    plain = pc.and_(pc.greater_equal(days, _FIRST_DAY), pc.less_equal(days, _LAST_DAY))
+    plain = pc.fill_null(plain, False)
+    days = pc.if_else(plain, days, _NO_DATE)
+    odd = pc.fill_null(pc.and_(pc.is_valid(text), pc.invert(plain)), False)
+    if pc.any(odd).as_py():
+        parsed = _other_dates(text_series(text.filter(odd)), date_format)
+        parsed = pa.array(parsed.to_numpy(), from_pandas=True).cast(pa.date32())
+        days = pc.replace_with_mask(days, odd, parsed)
+    return days
+
+
+def _iso_days(text: pa.Array) -> pa.Array:
+    """date32 of the values that are exactly 'yyyy-mm-dd' with a real day, else missing."""
+    try:  # Arrow's date32 cast: length 10, digits, '-' at 4 and 7, a real day; else it raises
+        return text.cast(pa.date32())
+    except pa.ArrowInvalid:
+        pass
+    # lenient strptime (2024-02-30 -> 2024-03-01, 2024-1-5 -> 2024-01-05), then kept only where
+    # formatting the date gives back the text: exactly the canonical, real dates
+    days = pc.cast(pc.strptime(text, "%Y-%m-%d", "s", error_is_null=True), pa.date32(), safe=False)
+    same = pc.fill_null(pc.equal(pc.cast(days, text.type), text), False)
+    return pc.if_else(same, days, _NO_DATE)
+
+
+def _other_dates(values: pd.Series, date_format: str) -> pd.Series:
+    """The values that are not plain ISO days, by pandas: ISO 8601 with a time or a zone, and
+    day/month/year in the file's order. Unparseable -> NaT."""
     out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
-    days, plain = _plain_iso_days(values)
-    if plain.all():
-        out[:] = days.astype("datetime64[D]").astype("datetime64[us]")
-        return out
-    if plain.any():
-        out[plain] = days[plain].astype("datetime64[D]").astype("datetime64[us]")
-    v = values[~plain].str.strip()
+    v = values.str.strip()
     iso = v.str.fullmatch(_ISO.pattern).fillna(False)
     if iso.any():
         out[iso[iso].index] = pd.to_datetime(
@@ -169,32 +208,17 @@ def parse_dates(values: pd.Series, date_format: str) -> pd.Series:
     return out
 
 
-def _plain_iso_days(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """The common case computed by Arrow and numpy: 'yyyy-mm-dd' with a real day of a year
-    from 1900 to 2199, as days since 1970, and where a value is such a date. The others
-    (other forms, impossible days, far years) take pandas' slower path."""
-    text = pa.chunked_array(
-        pa.array(values.astype("string"), type=pa.string(), from_pandas=True)
-    ).combine_chunks()
-    shape = pc.match_substring_regex(text, r"^(19|2[01])[0-9]{2}-[0-9]{2}-[0-9]{2}$")
-    shape = shape.fill_null(False)
-    plain = shape.to_numpy(zero_copy_only=False)
-    text = pc.if_else(shape, text, pa.scalar("1970-01-01"))
-    y, m, d = (
-        pc.cast(pc.utf8_slice_codeunits(text, a, b), pa.int64()).to_numpy()
-        for a, b in ((0, 4), (5, 7), (8, 10))
-    )
-    leap = (y % 4 == 0) & ((y % 100 != 0) | (y % 400 == 0))
-    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
-    valid = (m >= 1) & (m <= 12) & (d >= 1)
-    valid &= d <= month_days[np.clip(m, 0, 12)] + ((m == 2) & leap)
-    # days from the civil date (Howard Hinnant's algorithm), exact for these years
-    yy = y - (m <= 2)
-    era = yy // 400
-    yoe = yy - era * 400
-    doy = (153 * (m + np.where(m > 2, -3, 9)) + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468, plain & valid
+def arrow_text(values: pd.Series) -> pa.Array:
+    """A column's values as Arrow text (large_string, as pandas' Arrow strings hold)."""
+    text = pa.array(values.astype("string"), from_pandas=True)
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    return text.cast(pa.large_string())
+
+
+def text_series(text: pa.Array) -> pd.Series:
+    """Arrow text as a pandas string Series, without a copy."""
+    return pd.Series(pd.arrays.ArrowStringArray(text), dtype="string")
 
 
 def detect_value_format(chunk: pd.DataFrame, contract: Contract, fmt: SourceFormat) -> ValueFormat:

@@ -1,4 +1,4 @@
-"""Silver's fast paths give what the plain ones give: rules on several threads, the Arrow/numpy
+"""Silver's fast paths give what the plain ones give: rules on several threads, the Arrow
 date path, the sorted fingerprint set, the split by slices, Arrow's UTF-8 check."""
 
 import codecs
