@@ -934,3 +934,73 @@ def test_a_new_fact_column_is_merged_without_naming_it_in_the_merge(tmp_path):
         assert scalar(db, channels) == "tienda,web"
     finally:
         db.dispose()
+
+
+LINE_KEY_COLLATIONS = """
+    select a.attrelid::regclass::text, c.collname
+    from pg_attribute as a join pg_collation as c on c.oid = a.attcollation
+    where a.attname = 'line_key'
+      and a.attrelid in ('staging.fact_operaciones_ventas'::regclass,
+                         'public.bulk_fact_operaciones_ventas'::regclass)
+    order by 1"""
+
+
+@pytest.mark.parametrize("granted", [True, False], ids=["view-granted", "view-not-granted"])
+def test_a_warehouse_whose_line_keys_compared_as_words_is_changed_in_place(granted):
+    """A warehouse made before line_key compared byte by byte (collation "C", sql/022 and 032):
+    the next bootstrap changes both columns, keeps the fact's lines, makes the analysts' view
+    again with its grants (or none), and the merge, which compares the two columns, goes on. In
+    a database of its own: the shared one keeps the project's schema."""
+    from medallion.services import ANALYST_ROLE
+    from medallion.settings import SQL_DIR, get_connection
+
+    name = f"{get_connection('postgres_default').schema}_collation"
+    db = warehouse.engine_for(warehouse.fresh_database("postgres_default", name))
+    try:
+        warehouse.apply_sql(db)
+        p = new_prefix()
+        first = Delivery(p, f"{p}-r1").line(1).line(2).load(db)
+        assert merge(db, first.run_id)["fact_operaciones_ventas"]["inserted"] == 2
+        if not scalar(db, "select to_regrole(:r) is not null", r=ANALYST_ROLE):
+            pytest.skip(f"no role {ANALYST_ROLE} on this server (sql/roles/ not applied)")
+        with warehouse.transaction(db) as conn:  # as the earlier version made them
+            conn.execute(text("drop view staging.vw_operaciones_ventas"))
+            conn.execute(text("drop view public.bulk_fact_operaciones_ventas_latest"))
+            conn.execute(text("drop view public.bulk_fact_operaciones_ventas_keyed"))
+            for table in ("staging.fact_operaciones_ventas", "public.bulk_fact_operaciones_ventas"):
+                conn.execute(
+                    text(f'alter table {table} alter column line_key type text collate "default"')
+                )
+            for view in ("035_bulk_fact_operaciones_ventas_keyed", "050_vw_operaciones_ventas"):
+                conn.execute(text((SQL_DIR / f"{view}.sql").read_text()))
+            if granted:
+                grant = f"grant select on staging.vw_operaciones_ventas to {ANALYST_ROLE}"
+                conn.execute(text(grant))
+            conn.execute(text("delete from audit.schema_migrations where file_name >= '022'"))
+        before = scalar(db, f"select array_agg(collname) from ({LINE_KEY_COLLATIONS}) as c")
+        assert before == ["default", "default"]
+
+        assert "022_bulk_fact_operaciones_ventas.sql" in warehouse.apply_sql(db)
+
+        with db.connect() as conn:
+            assert conn.execute(text(LINE_KEY_COLLATIONS)).all() == [
+                ("bulk_fact_operaciones_ventas", "C"),  # public: on the search path
+                ("staging.fact_operaciones_ventas", "C"),
+            ]
+        assert (
+            scalar(
+                db,
+                "select has_table_privilege(:r, 'staging.vw_operaciones_ventas', 'select')",
+                r=ANALYST_ROLE,
+            )
+            is granted
+        )
+        assert scalar(db, "select count(*) from staging.vw_operaciones_ventas") == 2
+        second = Delivery(p, f"{p}-r2").line(2, quantity=5).line(3).load(db)
+        assert merge(db, second.run_id)["fact_operaciones_ventas"] == {
+            "inserted": 1,
+            "updated": 1,
+            "unchanged": 0,
+        }
+    finally:
+        db.dispose()
