@@ -35,13 +35,9 @@ begin
         alter table staging.fact_operaciones_ventas
             add constraint fact_operaciones_ventas_pkey primary key (line_key);
     end if;
-    create index if not exists fact_operaciones_ventas_cliente_key_idx
-        on staging.fact_operaciones_ventas (cliente_key);
-    create index if not exists fact_operaciones_ventas_inventario_key_idx
-        on staging.fact_operaciones_ventas (inventario_key);
-    -- the lines a run wrote (its result notebook, 05_resultado, reads only those)
-    create index if not exists fact_operaciones_ventas_run_id_idx
-        on staging.fact_operaciones_ventas (run_id);
+    -- The foreign keys before their indexes: validating one reads the fact in its own order and
+    -- hashes the dimension; with the index there, the planner may walk the index instead, one
+    -- heap fetch per line in key order (10M lines, inventario_key: 15.8 s instead of 3.3 s).
     foreach v_key in array array['cliente_key', 'inventario_key'] loop
         if not exists (select 1 from pg_constraint
                        where conname = format('fact_operaciones_ventas_%s_fkey', v_key)) then
@@ -51,6 +47,13 @@ begin
                            'dim_' || replace(v_key, '_key', ''), v_key);
         end if;
     end loop;
+    create index if not exists fact_operaciones_ventas_cliente_key_idx
+        on staging.fact_operaciones_ventas (cliente_key);
+    create index if not exists fact_operaciones_ventas_inventario_key_idx
+        on staging.fact_operaciones_ventas (inventario_key);
+    -- the lines a run wrote (its result notebook, 05_resultado, reads only those)
+    create index if not exists fact_operaciones_ventas_run_id_idx
+        on staging.fact_operaciones_ventas (run_id);
 end;
 $$;
 
