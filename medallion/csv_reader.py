@@ -197,7 +197,8 @@ def _csv_blocks(
                     continue
                 if cut == 0:  # longer than the cap: keep its head, drop the rest
                     size = len(block)
-                    head = block[:KEPT_HEAD].decode(fmt.encoding, "ignore")
+                    # its first KEPT_HEAD characters, as a long line inside a block keeps
+                    head = block[: KEPT_HEAD * 4].decode(fmt.encoding, "ignore")[:KEPT_HEAD]
                     while data := fh.read(_CSV_BLOCK):
                         end = data.find(b"\n")
                         size += len(data) if end < 0 else end

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from medallion import formats, sample, silver
+from medallion import csv_reader, formats, sample, silver
 from medallion.contract import load_contract
 from medallion.fingerprints import Fingerprints
 from medallion.values import _ISO, _SLASHED, parse_dates
@@ -42,6 +42,40 @@ def test_rules_on_several_threads_change_nothing(generated):
     one_chunk = silver.clean_local(generated, contract, run_id="t", batch_size=100_000)
     assert one_chunk[1].equals(good) and one_chunk[2].equals(bad)
     assert one_chunk[0].rule_rows() == report.rule_rows()
+
+
+@pytest.mark.parametrize("twist", ["plain", "quoted-line-end", "long-line"])
+def test_a_file_read_in_small_blocks_gives_what_one_block_gives(
+    generated, tmp_path, monkeypatch, twist
+):
+    """The file in blocks of about 16 lines gives what it gives in one block: the same silver
+    and quarantine rows, line numbers included. Also when a block in the middle has a quoted
+    field that goes on to the next line (the line-by-line reader takes the rest from that
+    block on) or a line longer than the cap, cut inside a block or across blocks (both keep
+    the line's first characters)."""
+    contract = replace(load_contract(), max_reject_share=1.0)
+    contract = replace(contract, limits=replace(contract.limits, max_line_kb=1))
+    lines = generated.read_text(encoding="utf-8").splitlines(keepends=True)
+    middle = len(lines) // 2
+    if twist == "quoted-line-end":  # a customer name over two lines, as Excel quotes it
+        fields = lines[middle].split(",")
+        fields[6] = '"Ana\nDiaz"'
+        lines[middle] = ",".join(fields)
+    elif twist == "long-line":
+        lines[middle] = lines[middle].rstrip("\n") + "x" * 20_000 + "\n"  # over blocks too
+    path = tmp_path / f"{twist}.csv"
+    path.write_text("".join(lines), encoding="utf-8")
+
+    whole = silver.clean_local(path, contract, run_id="t", batch_size=100)
+    monkeypatch.setattr(csv_reader, "_CSV_BLOCK", 4_096)  # about 16 lines
+    blocks = silver.clean_local(path, contract, run_id="t", batch_size=100)
+
+    (report, good, bad), (block_report, block_good, block_bad) = whole, blocks
+    assert report.lines_in + report.blank_lines == len(lines) - 1 and report.quarantined
+    assert block_good.equals(good)
+    by_line = [("source_line", "ascending"), ("reject_reason", "ascending")]
+    assert block_bad.sort_by(by_line).equals(bad.sort_by(by_line))  # a block's bad lines last
+    assert block_report.as_row() == report.as_row()
 
 
 def _pandas_dates(values: pd.Series, date_format: str) -> pd.Series:
