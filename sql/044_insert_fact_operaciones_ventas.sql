@@ -17,7 +17,8 @@ declare
                                       || staging.fact_transit_columns(true), ', ');
     v_nestloop text := current_setting('enable_nestloop');
 begin
-    -- the whole run against two small dimensions: hash joins, whatever the transit statistics
+    -- the whole run against the two dimensions: hash joins (which side is hashed comes from
+    -- the run_id statistics of the transit rows, taken by the caller)
     perform set_config('enable_nestloop', 'off', true);
     execute format(
         $insert$

@@ -424,6 +424,14 @@ def transit_fact_analyses(db) -> int:
     )
 
 
+def transit_fact_analyzed_columns(db) -> list[str]:
+    return scalar(
+        db,
+        "select coalesce(array_agg(attname::text order by attname), '{}') from pg_stats "
+        "where schemaname = 'public' and tablename = 'bulk_fact_operaciones_ventas'",
+    )
+
+
 @pytest.fixture
 def empty_warehouse():
     """A warehouse of its own whose fact is empty (the shared one holds other tests' lines)."""
@@ -449,8 +457,10 @@ def test_new_lines_are_inserted_without_comparing_and_keys_built_once(empty_ware
     assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
     assert scalar(db, "select count(*) from pg_constraint where conname = :c",
                   c="fact_operaciones_ventas_pkey") == 1  # fmt: skip
-    # new lines are inserted as they are: no plan needs their statistics, none are gathered
-    assert transit_fact_analyses(db) == 0
+    # new lines are inserted as they are: of their statistics the insert's plan needs only
+    # the run's size, so that the dimensions are hashed and the run read once
+    assert transit_fact_analyses(db) == 1
+    assert transit_fact_analyzed_columns(db) == ["run_id"]
     checks = scalar(
         db,
         "select details from audit.run_log where run_id = :r and step = 'publish'",
@@ -469,12 +479,13 @@ def test_new_lines_are_inserted_without_comparing_and_keys_built_once(empty_ware
         "unchanged": 0,
     }
     assert strategy(db, second.run_id) == "merge"
-    assert transit_fact_analyses(db) == 1  # the merge's plans need them
+    assert transit_fact_analyses(db) == 3  # the run's size, then all: the merge's plans
+    assert "line_key" in transit_fact_analyzed_columns(db)
     # new lines only, onto a fact that holds lines: inserted, with its keys and checks in place
     third = Delivery(p, f"{p}-r3").line(5).line(6).load(db)
     assert merge(db, third.run_id)["fact_operaciones_ventas"]["inserted"] == 2
     assert strategy(db, third.run_id) == "insert"
-    assert transit_fact_analyses(db) == 1  # only the merge's
+    assert transit_fact_analyses(db) == 4  # the run's size only
     assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
 
 
@@ -506,7 +517,7 @@ def test_a_first_load_that_repeats_a_line_key_is_merged_the_latest_wins(empty_wa
     run = Delivery(p, f"{p}-r1").line(1, quantity=1).line(2).line(1, quantity=7).load(db)
     assert merge(db, run.run_id)["fact_operaciones_ventas"]["inserted"] == 2
     assert strategy(db, run.run_id) == "merge"
-    assert transit_fact_analyses(db) == 1  # the merge it fell back to plans on them
+    assert transit_fact_analyses(db) == 2  # the run's size, then all for the merge
     assert scalar(db, "select quantity from staging.fact_operaciones_ventas "
                       "where line_key = :k", k=f"{p}-L1") == 7  # fmt: skip
     assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
