@@ -85,9 +85,9 @@ begin
     begin
         -- statistics of the run's transit rows for the merges' plans. Of the fact's lines,
         -- before they are inserted, only how many the run has (run_id): without them the
-        -- planner took the run for one line and hashed it instead of the dimensions, which
-        -- spilled to disk (10M lines onto 500k customers: the insert's read 11-12 s -> 3.5-3.8 s,
-        -- and about 38 s of temporary files in a run; analyze 0.17 s). All of them when merged.
+        -- planner took the run for one line and hashed it instead of the dimensions (10M
+        -- lines onto 500k customers: the insert's read 11-12 s -> 3.5-3.8 s; analyze 0.17 s).
+        -- All of them when merged.
         foreach v_table in array staging.transit_tables() loop
             if v_table = 'bulk_fact_operaciones_ventas' then
                 analyze public.bulk_fact_operaciones_ventas (run_id);
