@@ -97,9 +97,18 @@ def test_equal_totals_are_ordered_by_key_whatever_order_float8_adds_them_in(db):
     assert list(top.sales) == [0.3, 0.3]
 
 
+def test_new_and_updated_lines_by_month_are_the_runs_writes(db, runs):
+    first, second = runs
+    totals = {r: results.run_changes_by_month(db, r).sum().to_dict() for r in runs}
+    # the first run's line 2 is the second's now: the second updated it, and added line 4
+    assert totals[first] == {"new_lines": 2, "updated_lines": 0}
+    assert totals[second] == {"new_lines": 1, "updated_lines": 1}
+
+
 def test_a_run_that_changed_nothing_has_no_figures(db, runs):
     assert results.sales_by_month(db, "no-such-run").empty
     assert results.top_products(db, "no-such-run", 10).empty
+    assert results.run_changes_by_month(db, "no-such-run").empty
 
 
 def test_staging_rows_are_each_tables_and_the_views_count(db, runs):
