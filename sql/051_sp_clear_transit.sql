@@ -1,15 +1,23 @@
--- Remove a published run's transit rows (after the merge's transaction has committed). A run
--- that is not published keeps them: the merge's retry needs them, and a person inspecting a
--- failed gate too. A table that holds this run's rows only is emptied at once (TRUNCATE: no
--- dead rows to delete and vacuum, millions after a large run); it is taken only if no other
--- session is using it (NOWAIT: another run's load goes on, and its rows are never touched),
--- else the run's rows are deleted.
-create or replace procedure staging.sp_clear_transit(p_run_id text)
+-- Remove a published run's transit rows (after the merge's transaction has committed), and the
+-- rows other runs left behind. A run that is not published keeps them: the merge's retry needs
+-- them, and a person inspecting a failed gate too. They are left behind, and go with the next
+-- run's, once the run is published (its own clear failed after the commit) or nothing was
+-- logged for it for p_left_after (a failed or killed run: if it is ever retried, its merge
+-- reloads them from gold, staging.transit_shortfall). Without this, one failed run made every
+-- later clear delete its run's rows one by one instead of truncating (millions after a large
+-- run, then vacuumed). A table that holds no other rows is emptied at once (TRUNCATE); it is
+-- taken only if no other session is using it (NOWAIT: another run's load goes on, and its rows
+-- are never touched), else the run's rows are deleted.
+drop procedure if exists staging.sp_clear_transit(text);
+
+create or replace procedure staging.sp_clear_transit(
+    p_run_id text, p_left_after interval default '1 day'
+)
 language plpgsql
 as $$
 declare
     v_table text;
-    v_alone boolean;
+    v_kept  text[];  -- other runs whose rows stay; null: the table could not be taken
 begin
     if not staging.run_published(p_run_id) then
         raise exception 'sp_clear_transit(%): the run is not published; its transit rows are kept',
@@ -18,16 +26,25 @@ begin
     foreach v_table in array staging.transit_tables() loop
         begin
             execute format('lock table public.%I in access exclusive mode nowait', v_table);
-            execute format('select not exists (select 1 from public.%I where run_id <> $1)',
-                           v_table)
-                into v_alone using p_run_id;
+            execute format(
+                $kept$
+                select coalesce(array_agg(o.run_id), '{}')
+                from (select distinct run_id from public.%I where run_id <> $1) as o
+                where not staging.run_published(o.run_id)
+                  and exists (select 1 from audit.run_log as l
+                              where l.run_id = o.run_id
+                                and coalesce(l.finished_at, l.started_at) > now() - $2)
+                $kept$, v_table)
+                into v_kept using p_run_id, p_left_after;
         exception when lock_not_available then
-            v_alone := false;
+            v_kept := null;
         end;
-        if v_alone then
+        if v_kept = '{}' then
             execute format('truncate public.%I', v_table);
-        else
+        elsif v_kept is null then
             execute format('delete from public.%I where run_id = $1', v_table) using p_run_id;
+        else
+            execute format('delete from public.%I where run_id <> all($1)', v_table) using v_kept;
         end if;
     end loop;
 end;

@@ -808,6 +808,28 @@ def test_clearing_a_run_never_touches_another_runs_transit_rows(empty_warehouse)
     assert in_transit(db, fourth.run_id) == 0
 
 
+def test_rows_a_run_left_behind_go_with_the_next_runs(empty_warehouse):
+    db = empty_warehouse
+    p = new_prefix()
+    failed = Delivery(p, f"{p}-failed").line(1).load(db)  # loaded, never merged
+    with db.begin() as conn:  # and nothing logged for it since, for a day and a minute
+        conn.execute(
+            text("update audit.run_log set started_at = started_at - interval '1 day 1 minute', "
+                 "finished_at = finished_at - interval '1 day 1 minute' where run_id = :r"),
+            {"r": failed.run_id},
+        )  # fmt: skip
+    recent = Delivery(p, f"{p}-recent").line(2).load(db)  # a run still under way
+    first = Delivery(p, f"{p}-r1").line(3).load(db)
+    before = transit_file(db)
+    merge(db, first.run_id)
+    assert [in_transit(db, r.run_id) for r in (failed, recent, first)] == [0, 1, 0]
+    assert transit_file(db) == before  # the recent run's rows are there: deleted, not emptied
+    merge(db, recent.run_id)  # nothing left but its own rows: the table is emptied at once
+    assert transit_file(db) != before
+    assert scalar(db, "select count(*) from public.bulk_fact_operaciones_ventas") == 0
+    assert scalar(db, "select count(*) from public.bulk_dim_cliente") == 0
+
+
 def test_two_runs_at_once_are_serialised(db):
     p = new_prefix()
     runs = [Delivery(p, f"{p}-r{i}").line(i, customer=f"C{i}").load(db) for i in range(4)]
