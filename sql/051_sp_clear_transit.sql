@@ -5,9 +5,10 @@
 -- logged for it for p_left_after (a failed or killed run: if it is ever retried, its merge
 -- reloads them from gold, staging.transit_shortfall). Without this, one failed run made every
 -- later clear delete its run's rows one by one instead of truncating (millions after a large
--- run, then vacuumed). A table that holds no other rows is emptied at once (TRUNCATE); it is
--- taken only if no other session is using it (NOWAIT: another run's load goes on, and its rows
--- are never touched), else the run's rows are deleted.
+-- run, then vacuumed). A table that holds no rows of another run under way is emptied at once
+-- (TRUNCATE), else the run's rows and those left behind are deleted; it is taken only if no
+-- other session is using it (NOWAIT), else only the run's rows are deleted (another run's load
+-- goes on, and its rows are never touched).
 drop procedure if exists staging.sp_clear_transit(text);
 
 create or replace procedure staging.sp_clear_transit(
