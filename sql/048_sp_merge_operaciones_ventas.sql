@@ -176,6 +176,17 @@ begin
                     call staging.fact_secondary_structures(true);
                 end if;
             end if;
+            if v_table <> 'fact_operaciones_ventas'
+               and (v_inserted + v_updated) * 10
+                   >= (select greatest(reltuples, 0) from pg_class
+                       where oid = ('staging.' || v_table)::regclass) then
+                -- statistics of a dimension the run filled or changed by a tenth, for the
+                -- fact's joins to it next: without them (a first load) the planner took each
+                -- customer for many and sorted the run's lines on disk for a merge join (1M
+                -- lines into a new database: the fact's part of the merge 4.7-5.9 s -> 3.4 s;
+                -- the analyze about 0.05 s)
+                execute format('analyze staging.%I', v_table);
+            end if;
             call audit.record_merge(p_run_id, 'staging.' || v_table, v_inserted, v_updated,
                                     v_source - v_inserted - v_updated, v_started, v_how);
         end loop;

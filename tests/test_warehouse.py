@@ -489,6 +489,41 @@ def test_new_lines_are_inserted_without_comparing_and_keys_built_once(empty_ware
     assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
 
 
+def dimension_analyses(db, table: str) -> int:
+    return scalar(
+        db,
+        "select analyze_count from pg_stat_user_tables where relid = ('staging.' || :t)::regclass",
+        t=table,
+    )
+
+
+def test_a_dimension_a_run_fills_is_analyzed_before_the_fact_is_joined_to_it(empty_warehouse):
+    db = empty_warehouse
+    p = new_prefix()
+    first = Delivery(p, f"{p}-r1")
+    for n in range(1, 21):
+        first.line(n, customer=f"C{n}")
+    merge(db, first.load(db).run_id)
+    # filled by the run: analyzed in the merge, before the fact's insert joins to them
+    assert (dimension_analyses(db, "dim_cliente"), dimension_analyses(db, "dim_inventario")) == (
+        1,
+        1,
+    )
+    analyzed = scalar(
+        db,
+        "select array_agg(attname::text) from pg_stats "
+        "where schemaname = 'staging' and tablename = 'dim_cliente'",
+    )
+    assert "customer_id" in analyzed
+    # a run that changes less than a tenth of a dimension keeps its statistics
+    second = Delivery(p, f"{p}-r2").line(21, customer="C1").line(22, customer="C21")
+    merge(db, second.load(db).run_id)
+    assert (dimension_analyses(db, "dim_cliente"), dimension_analyses(db, "dim_inventario")) == (
+        1,
+        1,
+    )
+
+
 @pytest.mark.parametrize("bulk_min", [500_000, 2], ids=["insert", "insert (bulk)"])
 def test_a_line_in_the_fact_beyond_the_looked_up_lines_is_merged_not_doubled(
     empty_warehouse, bulk_min
