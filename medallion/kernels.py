@@ -15,6 +15,12 @@ kernel has answered on both channels (jupyter_client then waits for 0.2 s of sil
 kernel is stopped in the background once its last cell has returned (a kill and its wait,
 0.1 s); kernels left over or still stopping when the process ends are stopped or waited for,
 and the zygote ends. A real Airflow (one process per task) keeps papermill's engine.
+
+Every kernel of ours, warm or not, talks to its notebook over Unix sockets (zmq's ``ipc``
+transport) named after it, not over TCP ports of 127.0.0.1: jupyter_client picks ports that are
+free at that moment and the kernel binds them later, so two tasks that start kernels at once
+can pick the same port (seen in a real Airflow running two files' tasks side by side: the
+kernel died with "Address already in use", and the task needed its retry).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -30,7 +37,7 @@ from queue import Empty
 from typing import Any
 
 from jupyter_client.asynchronous import AsyncKernelClient
-from jupyter_client.manager import KernelManager
+from jupyter_client.manager import AsyncKernelManager, KernelManager
 from jupyter_client.provisioning import LocalProvisioner
 from nbclient.util import run_sync
 from papermill.clientwrap import PapermillNotebookClient
@@ -62,6 +69,37 @@ def _task_variable(name: str) -> bool:
 def _environment() -> dict[str, str]:
     """The environment a kernel is started with, but the task's own variables."""
     return {k: v for k, v in os.environ.items() if not _task_variable(k)}
+
+
+class _UnixSockets:
+    """A kernel manager's kernels on Unix sockets: ``<tmp>/kernel-<id>-1`` to ``-5``, one
+    name per kernel, removed with the kernel (short: a socket's path holds 107 bytes)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("transport", "ipc")
+        kwargs.setdefault("ip", os.path.join(tempfile.gettempdir(), f"kernel-{uuid.uuid4()}"))
+        super().__init__(**kwargs)
+
+
+class SocketKernelManager(_UnixSockets, AsyncKernelManager):
+    """nbclient's kernel manager (asynchronous), with the kernel on Unix sockets."""
+
+
+class SocketEngine(NBClientEngine):
+    """papermill's nbclient engine, with each kernel on Unix sockets (``SocketKernelManager``)."""
+
+    @classmethod
+    def execute_managed_notebook(cls, nb_man, kernel_name: str, **kwargs: Any):
+        kwargs.setdefault("kernel_manager_class", SocketKernelManager)
+        return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+
+def use_unix_sockets() -> None:
+    """Make ``SocketEngine`` papermill's default engine in this process, unless an engine of
+    ours (``WarmKernelEngine``) is the default already."""
+    if not issubclass(papermill_engines.get_engine(None), SocketEngine):
+        papermill_engines.register(None, SocketEngine)
+        papermill_engines.register("nbclient", SocketEngine)
 
 
 class ReadyKernelClient(AsyncKernelClient):
@@ -108,8 +146,8 @@ class ForkingProvisioner(LocalProvisioner):
         return self.connection_info
 
 
-class ForkedKernelManager(KernelManager):
-    """A kernel manager whose kernels are forked by ``ForkingProvisioner``."""
+class ForkedKernelManager(_UnixSockets, KernelManager):
+    """A kernel manager whose kernels are forked by ``ForkingProvisioner``, on Unix sockets."""
 
     async def _async_pre_start_kernel(self, **kw: Any) -> tuple[list[str], dict[str, Any]]:
         if self.provisioner is None:
@@ -252,7 +290,7 @@ class _CodeCellSaves(NotebookExecutionManager):
             super().save(**kwargs)
 
 
-class WarmKernelEngine(NBClientEngine):
+class WarmKernelEngine(SocketEngine):
     """papermill's nbclient engine, with the kernel started ahead by ``POOL`` and the
     notebook saved at code cells' starts (``_CodeCellSaves``)."""
 

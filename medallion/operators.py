@@ -98,6 +98,9 @@ class NotebookOperator(PapermillOperator):
         super().__init__(log_output=log_output, **kwargs)
 
     def execute(self, context):
+        from medallion.kernels import use_unix_sockets
+
+        use_unix_sockets()  # the kernel on Unix sockets: no port two tasks can both pick
         connections = connection_environment(connection_ids(self.parameters or {}))
         try:
             with environment(connections):

@@ -438,7 +438,7 @@ def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
     from airflow.utils.cli import get_bagged_dag
 
     from medallion.execution_api import serve_sdk_version_only
-    from medallion.kernels import use_warm_kernels
+    from medallion.kernels import POOL, use_warm_kernels
 
     use_warm_kernels()  # the tasks run one after the other here: kernels start ahead
     serve_sdk_version_only()  # the in-process API serves only what our tasks ask for
@@ -449,6 +449,7 @@ def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
         dag_run = dag.test(logical_date=timezone.utcnow(), run_conf=conf)
     finally:
         report.stop_rendering_ahead()
+        POOL.close()  # the kernel started for no next notebook, and its sockets (no atexit here)
     state = str(getattr(dag_run.state, "value", dag_run.state))
     result = {"run_id": dag_run.run_id, "state": state, **_command_summary(conf, dag_run.run_id)}
     result_file.write_text(json.dumps(result))

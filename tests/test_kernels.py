@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from contextlib import suppress
+from pathlib import Path
 
 import nbformat
 import papermill as pm
@@ -193,3 +194,41 @@ def test_a_running_code_cell_is_in_the_output_notebook_while_it_runs(warm):
     assert statuses() == ["completed", "completed", "completed", "running"]
     worker.join(30)
     assert statuses() == ["completed"] * 4
+
+
+TRANSPORT = (
+    "import json\n"
+    "from ipykernel.connect import get_connection_info\n"
+    "info = json.loads(get_connection_info())\n"
+    "print(json.dumps([info['transport'], info['ip']]))"
+)
+
+
+@pytest.fixture
+def unix_sockets():
+    kernels.use_unix_sockets()
+    yield
+    papermill_engines.register(None, NBClientEngine)
+    papermill_engines.register("nbclient", NBClientEngine)
+
+
+def sockets(prefix: str) -> list[str]:
+    return sorted(str(p) for p in Path(prefix).parent.glob(f"{Path(prefix).name}-*"))
+
+
+def test_a_notebooks_kernel_talks_over_unix_sockets_of_its_own_removed_after(
+    tmp_path, unix_sockets
+):
+    first = json.loads(run_cell(tmp_path, "first", TRANSPORT))
+    second = json.loads(run_cell(tmp_path, "second", TRANSPORT))
+    # no TCP port to pick (two tasks that start kernels at once could pick the same one)
+    assert (first[0], second[0]) == ("ipc", "ipc")
+    assert first[1] != second[1] and Path(first[1]).is_absolute()
+    assert sockets(first[1]) == sockets(second[1]) == []  # removed with their kernels
+
+
+def test_warm_kernels_talk_over_unix_sockets_too(warm):
+    kernels.use_unix_sockets()  # the warm engine stays: it is one of ours
+    assert papermill_engines.get_engine(None) is kernels.WarmKernelEngine
+    for name in ("first", "second"):  # the second one's kernel was started ahead
+        assert json.loads(run_cell(warm, name, TRANSPORT))[0] == "ipc"
