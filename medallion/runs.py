@@ -449,7 +449,7 @@ def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
         dag_run = dag.test(logical_date=timezone.utcnow(), run_conf=conf)
     finally:
         report.stop_rendering_ahead()
-        POOL.close()  # the kernel started for no next notebook, and its sockets (no atexit here)
+        POOL.release()  # the files of the kernel started for no next notebook (no atexit)
     state = str(getattr(dag_run.state, "value", dag_run.state))
     result = {"run_id": dag_run.run_id, "state": state, **_command_summary(conf, dag_run.run_id)}
     result_file.write_text(json.dumps(result))

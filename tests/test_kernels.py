@@ -100,6 +100,20 @@ def test_the_kernel_left_over_is_shut_down(warm):
     assert not any(km.is_alive() for km in ready)
 
 
+def test_the_kernel_left_over_loses_its_files_when_released(warm):
+    # the DAG's process ends with os._exit: the kernel ends with it, its files go before
+    run(warm, "only")
+    (km,) = [km for km, _ in kernels.POOL._ready.values()]
+    deadline = time.monotonic() + 30
+    while len(sockets(km.ip)) < 5 and time.monotonic() < deadline:  # the kernel binds them
+        time.sleep(0.1)
+    files = [km.connection_file, *sockets(km.ip)]
+    assert len(files) == 6 and all(Path(f).exists() for f in files)
+    kernels.POOL.release()
+    assert not any(Path(f).exists() for f in files)
+    assert not kernels.POOL._ready
+
+
 def test_a_warm_kernel_that_dies_mid_cell_fails_the_notebook_instead_of_hanging(warm):
     """A killed kernel (the fault suite kills notebook 02's) must end the notebook with an
     error that Airflow retries: the client watches the kernel while it waits for output."""
