@@ -14,7 +14,8 @@ if it died, the notebook starts its own as usual. A notebook's client is ready a
 kernel has answered on both channels (jupyter_client then waits for 0.2 s of silence), and its
 kernel is stopped in the background once its last cell has returned (a kill and its wait,
 0.1 s); kernels left over or still stopping when the process ends are stopped or waited for,
-and the zygote ends. A real Airflow (one process per task) keeps papermill's engine.
+and the zygote ends. A real Airflow (one process per task) keeps papermill's engine, with the
+kernels on sockets as below (``SocketEngine``).
 
 Every kernel of ours, warm or not, talks to its notebook over Unix sockets (zmq's ``ipc``
 transport) named after it, not over TCP ports of 127.0.0.1: jupyter_client picks ports that are
