@@ -28,6 +28,12 @@ SHOW = (
 )
 
 
+def papermills_own_engine() -> None:
+    """papermill's default engine again, after a test that replaced it."""
+    papermill_engines.register(None, NBClientEngine)
+    papermill_engines.register("nbclient", NBClientEngine)
+
+
 @pytest.fixture
 def warm(tmp_path, monkeypatch, caplog):
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SHOW)])
@@ -38,8 +44,7 @@ def warm(tmp_path, monkeypatch, caplog):
     kernels.use_warm_kernels()
     yield tmp_path
     kernels.POOL.close()
-    papermill_engines.register(None, NBClientEngine)
-    papermill_engines.register("nbclient", NBClientEngine)
+    papermills_own_engine()
 
 
 def run(folder, name: str) -> list:
@@ -222,8 +227,7 @@ TRANSPORT = (
 def unix_sockets():
     kernels.use_unix_sockets()
     yield
-    papermill_engines.register(None, NBClientEngine)
-    papermill_engines.register("nbclient", NBClientEngine)
+    papermills_own_engine()
 
 
 def sockets(prefix: str) -> list[str]:
