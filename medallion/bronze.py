@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ class Delivery:
     size: int
     key: str
     status: str  # uploaded | already in bronze
+    # the delivered file as it was hashed (file_identity), so that silver can read it instead
+    # of downloading the same bytes back; None when it changed just before or while hashed
+    local: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,43 @@ def delivered_name(client: Minio, bucket: str, key: str) -> str:
     return unquote(stored) if stored else Path(key).name
 
 
+def file_identity(path: Path) -> dict[str, int | str] | None:
+    """What tells that a local file is unchanged without reading it again, as git's index
+    does: its resolved path, device, inode, size, and modification and change times (writing
+    to it or replacing it changes one of them; its change time cannot be set back). None when
+    there is no such file."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return {
+        "path": str(path.resolve()),
+        "device": st.st_dev,
+        "inode": st.st_ino,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+    }
+
+
+# A file's times come from a clock that ticks every few milliseconds: two writes within one tick
+# leave the same times. A file last changed this long before it is hashed cannot be written
+# again within the tick of that change, so a later write changes its times (git's "racily
+# clean" files; git re-reads them, bronze does not vouch for them).
+SETTLE_NS = 50_000_000
+
+
+def settled(identity: dict | None, hashed_at: int) -> bool:
+    """Whether a file (its ``file_identity``) was last changed well before ``hashed_at``."""
+    return identity is not None and identity["ctime_ns"] < hashed_at - SETTLE_NS
+
+
+def unchanged(local: dict | None) -> bool:
+    """Whether a delivered file (its ``file_identity`` when bronze hashed it) is still the
+    same file, with the same bytes: those of its bronze object."""
+    return local is not None and file_identity(Path(local["path"])) == local
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -122,11 +163,14 @@ def ingest_file(
     every object keeps the name it was delivered under: in its key when that name is safe
     there, always in its metadata (the messages about it name that file).
     """
+    hashed_at = time.time_ns()
+    before = file_identity(path)
     sha = sha256_of(path)
+    local = before if settled(before, hashed_at) and file_identity(path) == before else None
     index_key = f"_index/sha256={sha}/{run_slug(path.name)}.json"
     if storage.object_exists(client, bucket, index_key):
         key = storage.get_json(client, bucket, index_key)["key"]
-        return Delivery(path, sha, path.stat().st_size, key, "already in bronze")
+        return Delivery(path, sha, path.stat().st_size, key, "already in bronze", local)
     ingest_date = ingest_date or dt.datetime.now(dt.UTC).date()
     name = safe_object_name(path.name)
     key = f"{PREFIX}/ingest_date={ingest_date.isoformat()}/{sha[:16]}/{name}"
@@ -135,4 +179,4 @@ def ingest_file(
     storage.put_json(
         client, bucket, index_key, {"key": key, "sha256": sha, "source_path": str(path)}
     )
-    return Delivery(path, sha, path.stat().st_size, key, "uploaded")
+    return Delivery(path, sha, path.stat().st_size, key, "uploaded", local)

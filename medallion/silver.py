@@ -5,7 +5,7 @@ duplicates, chunk by chunk. Lines read = silver + quarantine + duplicates, alway
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -59,6 +59,7 @@ class FileReport:
     first_line: dict[str, int] = field(default_factory=dict)
     silver_key: str | None = None
     quarantine_key: str | None = None
+    read_from: str | None = None  # clean_file: "bronze", or "local file" (the delivered one)
 
     def as_row(self) -> dict[str, Any]:
         return {
@@ -152,6 +153,10 @@ class TableCollector:
         return pa.concat_tables(self.tables) if self.tables else self.schema.empty_table()
 
 
+class _FileChanged(Exception):
+    """The delivered file changed while silver read it instead of its bronze object."""
+
+
 def clean_path(
     path: Path,
     source: str,
@@ -200,8 +205,15 @@ def clean_file(
     run_id: str,
     contract: Contract,
     batch_size: int = 100_000,
+    local: dict | None = None,
 ) -> FileReport:
     """Bronze object -> silver Parquet + quarantine Parquet, chunk by chunk.
+
+    ``local``: the delivered file as bronze hashed it (``bronze.file_identity``, in the bronze
+    manifest). While it is unchanged it holds the object's bytes, and silver reads it instead
+    of downloading them (a 10M-line file: 2.35 GB, 10 s and 19 s of CPU through the embedded
+    S3). If it changes before silver is done, or cannot be read, what was read of it is
+    dropped and the object is read. ``report.read_from`` says which.
 
     Raises InputFileError (unreadable file) or FileRejected (too many rejects, or a `fail`
     rule); then nothing of the file is written to the silver bucket.
@@ -212,25 +224,47 @@ def clean_file(
     if delivered != Path(bronze_key).name:  # the key has a safe form of the delivered name
         label = f"{source} (delivered as '{printable(delivered)}')"
     silver_key, quarantine_key = silver_keys(bronze_key, run_id)
-    silver_schema, quarantine_schema = contract.silver_schema, contract.quarantine_schema
-    with (
-        storage.downloaded(client, bronze_bucket, bronze_key) as path,
-        storage.ParquetUpload(
-            client,
-            silver_bucket,
-            silver_key,
-            silver_schema,
-            contract.dictionary_columns(silver_schema),
-        ) as out,
-        storage.ParquetUpload(
-            client,
-            silver_bucket,
-            quarantine_key,
-            quarantine_schema,
-            contract.dictionary_columns(quarantine_schema),
-        ) as quarantine,
-    ):
-        report = clean_path(path, source, contract, run_id, batch_size, out, quarantine, label)
+
+    def clean(path: Path, unchanged: Callable[[], bool] = lambda: True) -> FileReport:
+        with (
+            storage.ParquetUpload(
+                client,
+                silver_bucket,
+                silver_key,
+                contract.silver_schema,
+                contract.dictionary_columns(contract.silver_schema),
+            ) as out,
+            storage.ParquetUpload(
+                client,
+                silver_bucket,
+                quarantine_key,
+                contract.quarantine_schema,
+                contract.dictionary_columns(contract.quarantine_schema),
+            ) as quarantine,
+        ):
+            try:
+                report = clean_path(
+                    path, source, contract, run_id, batch_size, out, quarantine, label
+                )
+            except Exception as err:
+                if not unchanged():  # dropped with the writers: nothing is uploaded
+                    raise _FileChanged from err
+                raise
+            if not unchanged():
+                raise _FileChanged
+        return report
+
+    report = None
+    if bronze.unchanged(local):
+        try:
+            report = clean(Path(local["path"]), lambda: bronze.unchanged(local))
+            report.read_from = "local file"
+        except (_FileChanged, OSError):  # changed, or not readable here: the object then
+            pass
+    if report is None:
+        with storage.downloaded(client, bronze_bucket, bronze_key) as path:
+            report = clean(path)
+            report.read_from = "bronze"
     report.silver_key = silver_key if report.rows_out else None
     report.quarantine_key = quarantine_key if report.quarantined else None
     return report

@@ -175,6 +175,19 @@ def test_run_log_accounts_for_every_line(first_run, expected, db):
     )
 
 
+def test_silver_read_the_delivered_files_in_place_not_downloaded_back(first_run, db):
+    run_id, _ = first_run
+    with db.connect() as conn:
+        read_from = conn.execute(
+            text(
+                "select details ->> 'read_from', count(*) from audit.run_log "
+                "where run_id = :r and step = 'silver' group by 1"
+            ),
+            {"r": run_id},
+        ).all()
+    assert read_from == [("local file", 2)]
+
+
 def test_quarantine_names_the_reason_of_every_bad_line(first_run, expected, s3, params):
     run_id, _ = first_run
     manifests = storage.file_manifests(s3, params["silver_bucket"], run_id, "silver")

@@ -1,5 +1,6 @@
 """Bronze -> silver rules on small files, and one file through the real S3 server."""
 
+import time
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -239,6 +240,86 @@ def test_clean_file_through_s3_conserves_every_line(tmp_path, contract, s3, para
     assert silver_rows.num_rows == 4
     assert quarantine.column("reject_reason").to_pylist() == ["missing customer_id"]
     assert quarantine.column("source_line").to_pylist() == [4]
+
+
+def settled_file(path: Path, text: str) -> Path:
+    """``text`` written to ``path``, once its change time is old enough for bronze to vouch
+    for the file (bronze.settled)."""
+    path.write_text(text)
+    while not bronze.settled(bronze.file_identity(path), time.time_ns()):
+        time.sleep(0.01)
+    return path
+
+
+DELIVERED = HEADER + "\n" + "\n".join(GOOD.replace("1,ES-1", f"{i},ES-{i}", 1) for i in (1, 2, 3))
+CHANGED = DELIVERED.replace("957.5775", "957.5776")  # the same size: only the times tell
+
+
+def silver_sales(s3, params, report) -> list[Decimal]:
+    rows = storage.read_parquet(s3, params["silver_bucket"], report.silver_key)
+    return rows.column("sales").to_pylist()
+
+
+def test_clean_file_reads_the_delivered_file_while_it_is_unchanged(tmp_path, contract, s3, params):
+    path = settled_file(tmp_path / "ventas.csv", DELIVERED + "\n")
+    delivery = bronze.ingest_file(s3, params["bronze_bucket"], path)
+    assert delivery.local == bronze.file_identity(path)
+    args = (s3, params["bronze_bucket"], delivery.key, params["silver_bucket"])
+    in_place = silver.clean_file(*args, "t-in-place", contract, local=delivery.local)
+    downloaded = silver.clean_file(*args, "t-downloaded", contract)
+    assert (in_place.read_from, downloaded.read_from) == ("local file", "bronze")
+    assert in_place.as_row() == downloaded.as_row()
+    tables = [
+        storage.read_parquet(s3, params["silver_bucket"], r.silver_key).drop_columns("run_id")
+        for r in (in_place, downloaded)
+    ]
+    assert tables[0].equals(tables[1])
+
+
+def test_a_delivered_file_changed_after_bronze_is_read_from_bronze(tmp_path, contract, s3, params):
+    path = settled_file(tmp_path / "ventas.csv", DELIVERED + "\n")
+    delivery = bronze.ingest_file(s3, params["bronze_bucket"], path)
+    path.write_text(CHANGED + "\n")
+    report = silver.clean_file(
+        s3,
+        params["bronze_bucket"],
+        delivery.key,
+        params["silver_bucket"],
+        "t-changed",
+        contract,
+        local=delivery.local,
+    )
+    assert report.read_from == "bronze"
+    assert silver_sales(s3, params, report) == [Decimal("957.5775")] * 3
+
+
+def test_a_delivered_file_changed_while_silver_reads_it_is_read_again_from_bronze(
+    tmp_path, contract, s3, params, monkeypatch
+):
+    path = settled_file(tmp_path / "ventas.csv", DELIVERED + "\n")
+    delivery = bronze.ingest_file(s3, params["bronze_bucket"], path)
+    vouched = bronze.unchanged
+    checks = []
+
+    def overwritten_once_read(local):  # the second look is after silver has read the file
+        checks.append(local)
+        if len(checks) == 2:
+            path.write_text(CHANGED + "\n")  # a new delivery under the same name, meanwhile
+        return vouched(local)
+
+    monkeypatch.setattr(bronze, "unchanged", overwritten_once_read)
+    report = silver.clean_file(
+        s3,
+        params["bronze_bucket"],
+        delivery.key,
+        params["silver_bucket"],
+        "t-overwritten",
+        contract,
+        local=delivery.local,
+    )
+    assert len(checks) == 2
+    assert report.read_from == "bronze"
+    assert silver_sales(s3, params, report) == [Decimal("957.5775")] * 3
 
 
 def test_amounts_lose_currency_symbols_and_spaces_but_not_digits():
