@@ -78,10 +78,14 @@ def merge_counts(db: Engine, run_id: str) -> pd.DataFrame:
     )
 
 
-def staging_rows(db: Engine) -> pd.DataFrame:
+def staging_rows(db: Engine, run_id: str | None = None) -> pd.DataFrame:
     """Rows now in each staging table and in the view. The view joins each fact line to its
     customer and product, which its validated foreign keys guarantee: it holds one row per fact
-    line, so the fact's count is the view's (counting the join again would read every line)."""
+    line, so the fact's count is the view's (counting the join again would read every line).
+
+    With ``run_id`` (notebook 05) the counts also go to the run's log (step 'result'), where the
+    command's summary takes them (``recorded_staging_rows``): right after a large load a count
+    reads every line of the fact (about 1 s per 10M lines), and once is enough."""
     counts = " union all ".join(
         f"select 'staging.{t}' as \"table\", count(*) as rows from staging.{t}"  # noqa: S608
         for t in warehouse.TRANSIT_TABLES  # keyed by staging table
@@ -90,7 +94,23 @@ def staging_rows(db: Engine) -> pd.DataFrame:
         rows = pd.read_sql(text(counts), conn)
     fact = rows.loc[rows["table"] == "staging.fact_operaciones_ventas", "rows"].iloc[0]
     view = pd.DataFrame([{"table": "staging.vw_operaciones_ventas", "rows": fact}])
-    return pd.concat([rows, view], ignore_index=True)
+    rows = pd.concat([rows, view], ignore_index=True)
+    if run_id is not None:
+        counts = {table: int(n) for table, n in rows.itertuples(index=False)}
+        warehouse.log_step(db, run_id, "result", "staging", details={"staging_rows": counts})
+    return rows
+
+
+def recorded_staging_rows(db: Engine, run_id: str) -> dict[str, int] | None:
+    """The rows per staging table that the run's result notebook counted, if it ran."""
+    with db.connect() as conn:
+        return conn.execute(
+            text(
+                "select details -> 'staging_rows' from audit.run_log "
+                "where run_id = :r and step = 'result' and source = 'staging'"
+            ),
+            {"r": run_id},
+        ).scalar_one_or_none()
 
 
 # -- for analysts: what the run published ------------------------------------------------------

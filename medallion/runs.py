@@ -532,7 +532,8 @@ def summary(eng, run_id: str) -> dict[str, Any]:
         "duplicates_dropped": silver[4],
         "merge": {source: details for source, _, details in merges},
         "publish": publish,
-        "staging_rows": {t: int(n) for t, n in results.staging_rows(eng).itertuples(index=False)},
+        "staging_rows": results.recorded_staging_rows(eng, run_id)
+        or {t: int(n) for t, n in results.staging_rows(eng).itertuples(index=False)},
         "outputs": str(OUTPUTS_DIR / run_slug(run_id)),
     }
 

@@ -92,6 +92,17 @@ def test_the_summary_printed_is_the_warehouse_s(first_run, first_run_output, db)
     assert printed.getvalue() in output
 
 
+def test_the_summary_shows_the_staging_counts_the_result_notebook_recorded(
+    first_run, first_run_output, db
+):
+    from medallion import results
+
+    recorded = results.recorded_staging_rows(db, first_run[0])
+    counted = {t: int(n) for t, n in results.staging_rows(db).itertuples(index=False)}
+    assert recorded == counted  # counted once, by notebook 05
+    assert first_run_output[1]["summary"]["staging_rows"] == recorded
+
+
 @pytest.fixture(scope="module")
 def expected():
     import json

@@ -116,3 +116,26 @@ def test_staging_rows_are_each_tables_and_the_views_count(db, runs):
     with db.connect() as conn:
         for table in rows.index:
             assert rows[table] == conn.execute(text(f"select count(*) from {table}")).scalar_one()
+
+
+def test_a_runs_summary_takes_the_staging_counts_its_result_notebook_recorded(db, runs):
+    from medallion import runs as pipeline_runs
+
+    first, second = runs
+    shown = results.staging_rows(db, second)  # as notebook 05 calls it
+    recorded = results.recorded_staging_rows(db, second)
+    assert recorded == {table: int(n) for table, n in shown.itertuples(index=False)}
+    results.staging_rows(db)  # without a run: nothing recorded
+    assert results.recorded_staging_rows(db, first) is None
+    with db.connect() as conn, conn.begin():  # what the summary shows is the record, not a count
+        conn.execute(
+            text(
+                "update audit.run_log set details = jsonb_set(details, "
+                "'{staging_rows,staging.dim_cliente}', '-1') "
+                "where run_id = :r and step = 'result'"
+            ),
+            {"r": second},
+        )
+    assert pipeline_runs.summary(db, second)["staging_rows"]["staging.dim_cliente"] == -1
+    counted = pipeline_runs.summary(db, first)["staging_rows"]  # no record: counted
+    assert counted == {table: int(n) for table, n in shown.itertuples(index=False)}
