@@ -250,3 +250,15 @@ def test_warm_kernels_talk_over_unix_sockets_too(warm):
     assert papermill_engines.get_engine(None) is kernels.WarmKernelEngine
     for name in ("first", "second"):  # the second one's kernel was started ahead
         assert json.loads(run_cell(warm, name, TRANSPORT))[0] == "ipc"
+
+
+ARROW_POOL = "import pyarrow as pa\nprint(pa.default_memory_pool().backend_name)"
+
+
+def test_warm_kernels_allocate_arrow_memory_with_jemalloc(warm):
+    assert run_cell(warm, "pool", ARROW_POOL).strip() == "jemalloc"
+
+
+def test_a_notebooks_own_kernel_allocates_arrow_memory_with_jemalloc(tmp_path):
+    # papermill's own engine: a task's process imported medallion, its kernels inherit the choice
+    assert run_cell(tmp_path, "pool", ARROW_POOL).strip() == "jemalloc"
