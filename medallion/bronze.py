@@ -35,6 +35,7 @@ class Delivery:
     # the delivered file as it was hashed (file_identity), so that silver can read it instead
     # of downloading the same bytes back; None when it changed just before or while hashed
     local: dict | None = None
+    hashed_by: str = "bronze"  # or "discovery": its hash, taken while the file is unchanged
 
 
 @dataclass(frozen=True)
@@ -152,25 +153,42 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def hash_file(path: Path) -> dict:
+    """``{"sha256": ..., "identity": ...}``: the file's hash and its ``file_identity`` when it
+    was hashed, which vouches for the hash as long as the file keeps it (None when the file
+    changed just before or while it was hashed)."""
+    hashed_at = time.time_ns()
+    before = file_identity(path)
+    sha = sha256_of(path)
+    identity = before if settled(before, hashed_at) and file_identity(path) == before else None
+    return {"sha256": sha, "identity": identity}
+
+
 def ingest_file(
-    client: Minio, bucket: str, path: Path, ingest_date: dt.date | None = None
+    client: Minio,
+    bucket: str,
+    path: Path,
+    ingest_date: dt.date | None = None,
+    hashed: dict | None = None,
 ) -> Delivery:
     """Upload one file unless the same bytes under the same name are already in bronze (then
-    reuse that object).
+    reuse that object). ``hashed`` is the file's ``hash_file`` from earlier (the run's
+    discovery): taken as it is while the file is unchanged, the file is not read twice.
 
     Key: ``ventas/ingest_date=YYYY-MM-DD/<sha256[:16]>/<safe file name>``; an index object per
     content hash and name makes re-delivering the same file a no-op on any later day, while
     every object keeps the name it was delivered under: in its key when that name is safe
     there, always in its metadata (the messages about it name that file).
     """
-    hashed_at = time.time_ns()
-    before = file_identity(path)
-    sha = sha256_of(path)
-    local = before if settled(before, hashed_at) and file_identity(path) == before else None
+    hashed_by = "discovery"
+    if not (hashed and hashed["identity"] and file_identity(path) == hashed["identity"]):
+        hashed, hashed_by = hash_file(path), "bronze"  # by hand, or the file changed since
+    sha, local = hashed["sha256"], hashed["identity"]
+    size = path.stat().st_size
     index_key = f"_index/sha256={sha}/{run_slug(path.name)}.json"
     if storage.object_exists(client, bucket, index_key):
         key = storage.get_json(client, bucket, index_key)["key"]
-        return Delivery(path, sha, path.stat().st_size, key, "already in bronze", local)
+        return Delivery(path, sha, size, key, "already in bronze", local, hashed_by)
     ingest_date = ingest_date or dt.datetime.now(dt.UTC).date()
     name = safe_object_name(path.name)
     key = f"{PREFIX}/ingest_date={ingest_date.isoformat()}/{sha[:16]}/{name}"
@@ -179,4 +197,4 @@ def ingest_file(
     storage.put_json(
         client, bucket, index_key, {"key": key, "sha256": sha, "source_path": str(path)}
     )
-    return Delivery(path, sha, path.stat().st_size, key, "uploaded", local)
+    return Delivery(path, sha, size, key, "uploaded", local, hashed_by)

@@ -59,6 +59,8 @@ class Delivery:
     size: int
     decision: str
     note: str = ""
+    # the file as it was hashed (bronze.file_identity): bronze takes the hash while it holds
+    identity: dict | None = None
 
     @property
     def to_process(self) -> bool:
@@ -76,9 +78,9 @@ def discover(eng: Engine, input_path: Path, run_id: str, reprocess: bool = False
         # one discovery at a time: two runs never both take the same new file
         conn.execute(text("select pg_advisory_xact_lock(hashtext('medallion.ledger'))"))
         for path in files:
-            sha = bronze.sha256_of(path)
-            delivery = _decide(conn, path, sha, seen.get(sha), reprocess)
-            seen.setdefault(sha, path.name)
+            hashed = bronze.hash_file(path)
+            delivery = _decide(conn, path, hashed, seen.get(hashed["sha256"]), reprocess)
+            seen.setdefault(delivery.sha256, path.name)
             _record_decision(conn, delivery, run_id)
             deliveries.append(delivery)
     for d in deliveries:
@@ -90,9 +92,12 @@ def discover(eng: Engine, input_path: Path, run_id: str, reprocess: bool = False
     return deliveries
 
 
-def _decide(conn, path: Path, sha: str, twin: str | None, reprocess: bool) -> Delivery:
+def _decide(conn, path: Path, hashed: dict, twin: str | None, reprocess: bool) -> Delivery:
+    sha = hashed["sha256"]
+
     def delivery(decision: str, note: str = "") -> Delivery:
-        return Delivery(path.name, str(path), sha, path.stat().st_size, decision, note)
+        size = path.stat().st_size
+        return Delivery(path.name, str(path), sha, size, decision, note, hashed["identity"])
 
     if twin is not None:
         return delivery(DUPLICATE, f"same content as {twin} in this delivery")

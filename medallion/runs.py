@@ -75,10 +75,11 @@ def discover(run: dict[str, Any], reprocess: bool = False) -> list[dict[str, Any
 
 def _file_notebooks(run: dict[str, Any], delivery: ledger.Delivery) -> dict[str, Any]:
     parameters = {**run["notebook_parameters"], "input_path": delivery.path}
+    hashed = {"sha256": delivery.sha256, "identity": delivery.identity}  # not hashed twice
     return {
         "bronze_nb": str(_notebook_path(run, "bronze", delivery.file_name)),
         "silver_nb": str(_notebook_path(run, "silver", delivery.file_name)),
-        "bronze_parameters": parameters,
+        "bronze_parameters": {**parameters, "input_hashed": hashed},
         "silver_parameters": {**parameters, "source_file": delivery.file_name},
     }
 

@@ -44,3 +44,36 @@ def test_ingest_vouches_for_a_settled_file_only(delivered, s3, params, monkeypat
     delivery = bronze.ingest_file(s3, params["bronze_bucket"], delivered)
     assert delivery.local == bronze.file_identity(delivered)
     assert bronze.unchanged(delivery.local)
+
+
+def test_ingest_takes_the_discovery_s_hash_while_the_file_is_unchanged(
+    delivered, s3, params, monkeypatch
+):
+    monkeypatch.setattr(bronze, "SETTLE_NS", -(10**9))  # any file is settled
+    hashed = bronze.hash_file(delivered)
+    assert hashed == {
+        "sha256": bronze.sha256_of(delivered),
+        "identity": bronze.file_identity(delivered),
+    }
+    taken = bronze.ingest_file(s3, params["bronze_bucket"], delivered, hashed=hashed)
+    assert (taken.sha256, taken.hashed_by) == (hashed["sha256"], "discovery")
+
+    elsewhere = delivered.with_name("otra.csv")  # another file with its own identity
+    elsewhere.write_text(delivered.read_text())
+    other = bronze.ingest_file(s3, params["bronze_bucket"], elsewhere, hashed=hashed)
+    assert other.hashed_by == "bronze"
+
+    time.sleep(0.05)  # the write below falls in a later tick of the file clock
+    delivered.write_text("Row ID,Sales\n1,957.5776\n")  # same size, other bytes
+    changed = bronze.ingest_file(s3, params["bronze_bucket"], delivered, hashed=hashed)
+    assert changed.hashed_by == "bronze"
+    assert changed.sha256 == bronze.sha256_of(delivered) != hashed["sha256"]
+
+
+def test_a_hash_the_file_did_not_keep_still_is_not_taken(delivered, s3, params, monkeypatch):
+    monkeypatch.setattr(bronze, "SETTLE_NS", 3600 * 10**9)  # changed within the hour
+    hashed = bronze.hash_file(delivered)
+    assert hashed["identity"] is None
+    wrong = {**hashed, "sha256": "0" * 64}  # were it taken, bronze would name the wrong bytes
+    delivery = bronze.ingest_file(s3, params["bronze_bucket"], delivered, hashed=wrong)
+    assert (delivery.sha256, delivery.hashed_by) == (hashed["sha256"], "bronze")

@@ -199,6 +199,19 @@ def test_silver_read_the_delivered_files_in_place_not_downloaded_back(first_run,
     assert read_from == [("local file", 2)]
 
 
+def test_bronze_took_each_file_s_hash_from_discovery_not_reading_it_twice(first_run, db):
+    run_id, _ = first_run
+    with db.connect() as conn:
+        hashed_by = conn.execute(
+            text(
+                "select details ->> 'hashed_by', count(*) from audit.run_log "
+                "where run_id = :r and step = 'bronze' group by 1"
+            ),
+            {"r": run_id},
+        ).all()
+    assert hashed_by == [("discovery", 2)]
+
+
 def test_quarantine_names_the_reason_of_every_bad_line(first_run, expected, s3, params):
     run_id, _ = first_run
     manifests = storage.file_manifests(s3, params["silver_bucket"], run_id, "silver")
