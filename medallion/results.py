@@ -121,11 +121,18 @@ def recorded_staging_rows(db: Engine, run_id: str) -> dict[str, int] | None:
 # product (foreign keys), so the sums are the view's.
 
 
-def sales_by_month(db: Engine, run_id: str) -> pd.DataFrame:
+def by_month(db: Engine, run_id: str) -> pd.DataFrame:
+    """Per month of the order: sales and profit, and the lines inserted (new) and updated, in
+    one pass over the run's lines (two passes took 6.5 s of a 10M-line run's result notebook,
+    one takes 3.5 s; issue 12). A line keeps the id of the last run that wrote it
+    (``run_id``); an updated line's ``updated_at`` is after its ``created_at``, an inserted
+    one's is the same (one transaction)."""
     return _frame(
         db,
         """select date_trunc('month', order_date)::date as month,
-                  sum(sales)::float8 as sales, sum(profit)::float8 as profit
+                  sum(sales)::float8 as sales, sum(profit)::float8 as profit,
+                  count(*) filter (where updated_at = created_at) as new_lines,
+                  count(*) filter (where updated_at > created_at) as updated_lines
            from staging.fact_operaciones_ventas where run_id = :r group by 1 order by 1""",
         r=run_id,
     ).set_index("month")
@@ -175,17 +182,3 @@ def _top(db: Engine, run_id: str, dimension: str, key: str, name: str, n: int) -
         r=run_id,
         n=n,
     )
-
-
-def run_changes_by_month(db: Engine, run_id: str) -> pd.DataFrame:
-    """The fact lines this run inserted and updated, by month of the order. A line keeps the
-    id of the last run that wrote it (``run_id``); an updated line's ``updated_at`` is after
-    its ``created_at``, an inserted one's is the same (one transaction)."""
-    return _frame(
-        db,
-        """select date_trunc('month', order_date)::date as month,
-                  count(*) filter (where updated_at = created_at) as new_lines,
-                  count(*) filter (where updated_at > created_at) as updated_lines
-           from staging.fact_operaciones_ventas where run_id = :r group by 1 order by 1""",
-        r=run_id,
-    ).set_index("month")

@@ -51,7 +51,7 @@ def test_sales_by_month_and_region_are_the_views(db, runs, which):
         run_id,
     ).set_index("month")
     assert len(by_month)
-    pd.testing.assert_frame_equal(results.sales_by_month(db, run_id), by_month)
+    pd.testing.assert_frame_equal(results.by_month(db, run_id)[["sales", "profit"]], by_month)
     by_region = view(
         db,
         "select coalesce(region, '(sin región)') as region, "
@@ -99,16 +99,17 @@ def test_equal_totals_are_ordered_by_key_whatever_order_float8_adds_them_in(db):
 
 def test_new_and_updated_lines_by_month_are_the_runs_writes(db, runs):
     first, second = runs
-    totals = {r: results.run_changes_by_month(db, r).sum().to_dict() for r in runs}
+    totals = {
+        r: results.by_month(db, r)[["new_lines", "updated_lines"]].sum().to_dict() for r in runs
+    }
     # the first run's line 2 is the second's now: the second updated it, and added line 4
     assert totals[first] == {"new_lines": 2, "updated_lines": 0}
     assert totals[second] == {"new_lines": 1, "updated_lines": 1}
 
 
 def test_a_run_that_changed_nothing_has_no_figures(db, runs):
-    assert results.sales_by_month(db, "no-such-run").empty
+    assert results.by_month(db, "no-such-run").empty
     assert results.top_products(db, "no-such-run", 10).empty
-    assert results.run_changes_by_month(db, "no-such-run").empty
 
 
 def test_staging_rows_are_each_tables_and_the_views_count(db, runs):
