@@ -843,6 +843,24 @@ def test_clearing_a_run_never_touches_another_runs_transit_rows(empty_warehouse)
     assert in_transit(db, fourth.run_id) == 0
 
 
+def test_clearing_reads_no_transit_table_while_no_other_run_is_under_way(empty_warehouse):
+    db = empty_warehouse
+    p = new_prefix()
+    published = Delivery(p, f"{p}-r1").line(1).load(db)
+    merge(db, published.run_id)
+    run = Delivery(p, f"{p}-r2").line(2).load(db)
+    merge(db, run.run_id, clear_after=False)
+    reads = text(  # this session's reads of the transit tables (not yet flushed to pg_stat)
+        "select coalesce(sum(seq_scan), 0) from pg_stat_xact_user_tables "
+        "where schemaname = 'public' and relname like 'bulk\\_%'"
+    )
+    with warehouse.transaction(db) as conn:
+        before = conn.execute(reads).scalar_one()
+        conn.execute(text("call staging.sp_clear_transit(:r)"), {"r": run.run_id})
+        assert conn.execute(reads).scalar_one() == before
+    assert in_transit(db, run.run_id) == 0
+
+
 def test_rows_a_run_left_behind_go_with_the_next_runs(empty_warehouse):
     db = empty_warehouse
     p = new_prefix()
