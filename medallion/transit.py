@@ -3,8 +3,9 @@ loaded again when PostgreSQL lost them.
 
 Transit tables are UNLOGGED (a copy of gold needs no WAL), and PostgreSQL's crash recovery
 empties UNLOGGED tables. What notebook 04 loaded is recorded in ``audit.run_log`` (step
-``load``, one row per table); the merge refuses a run whose transit rows fall short of that,
-and the merge task reloads the run from gold first (``reload_missing``).
+``load``, one row per table); the merge refuses a run whose transit rows fall short of that
+(SQLSTATE MDT01), and the merge task then reloads the run from gold (``reload_missing``) and
+merges it again.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ def load_gold(
 
 
 def reload_missing(parameters: Mapping[str, Any]) -> dict[str, int]:
-    """Before a merge: reload the run's transit rows from gold when they fall short of what the
-    load recorded (``staging.transit_shortfall``: a PostgreSQL restart since the load), unless
-    the run is already published. Returns the tables reloaded and their rows."""
+    """After the merge refused a run (MDT01): reload its transit rows from gold when they fall
+    short of what the load recorded (``staging.transit_shortfall``: a PostgreSQL restart since
+    the load), unless the run is already published. Returns the tables reloaded and rows."""
     db = warehouse.engine(parameters["postgres_conn_id"])
     run_id = parameters["run_id"]
     with db.connect() as conn:

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from medallion import services, storage
 from medallion.settings import OUTPUTS_DIR as OUTPUTS
+from medallion.settings import TRANSIT_TABLES
 from tests.corpus import render_csv
 from tests.reliability.conftest import (
     Outcome,
@@ -102,6 +103,27 @@ def test_postgres_crash_during_the_merge_recovers_by_itself(db, tmp_path, report
     assert retried(output, "merge_staging")
     report.add(published(db, "PostgreSQL crash during merge", "published after a retry",
                          "PGMERGE", run_id, sales))  # fmt: skip
+
+
+def test_transit_rows_lost_before_the_merge_are_reloaded_in_the_same_try(db, tmp_path, report):
+    folder, sales = delivery(tmp_path, "TRANSITLOST")
+    holder = db.connect()  # holds the merge's advisory lock: the merge waits there
+    holder.execute(text("select pg_advisory_lock(hashtext('staging.sp_merge_operaciones_ventas'))"))
+    run = PipelineRun(folder)
+    try:
+        wait_for(lambda: waiting_on_lock(db, "%sp_merge_operaciones_ventas%"), "the merge")
+        run_id = run_id_of_delivery(db, "TRANSITLOST")
+        with db.begin() as conn:  # what crash recovery does to the UNLOGGED transit tables
+            for table in TRANSIT_TABLES.values():
+                conn.execute(text(f"truncate public.{table}"))
+        assert transit_rows(db, run_id) == 0
+    finally:
+        holder.invalidate()
+    code, output = run.wait()
+    assert code == 0, output[-3000:]
+    assert not retried(output, "merge_staging")  # refused, reloaded and merged in one try
+    report.add(published(db, "transit rows lost before the merge", "reloaded, published",
+                         "TRANSITLOST", run_id, sales))  # fmt: skip
 
 
 def test_postgres_crash_during_the_load_recovers_by_itself(db, tmp_path, report):
