@@ -186,30 +186,26 @@ def test_run_log_accounts_for_every_line(first_run, expected, db):
     )
 
 
+def files_by_detail(db, run_id: str, step: str, detail: str) -> list[tuple[str, int]]:
+    """(value of ``details ->> detail``, files) of a step of the run, from audit.run_log."""
+    with db.connect() as conn:
+        return conn.execute(
+            text(
+                "select details ->> :d, count(*) from audit.run_log "
+                "where run_id = :r and step = :s group by 1"
+            ),
+            {"d": detail, "r": run_id, "s": step},
+        ).all()
+
+
 def test_silver_read_the_delivered_files_in_place_not_downloaded_back(first_run, db):
     run_id, _ = first_run
-    with db.connect() as conn:
-        read_from = conn.execute(
-            text(
-                "select details ->> 'read_from', count(*) from audit.run_log "
-                "where run_id = :r and step = 'silver' group by 1"
-            ),
-            {"r": run_id},
-        ).all()
-    assert read_from == [("local file", 2)]
+    assert files_by_detail(db, run_id, "silver", "read_from") == [("local file", 2)]
 
 
 def test_bronze_took_each_file_s_hash_from_discovery_not_reading_it_twice(first_run, db):
     run_id, _ = first_run
-    with db.connect() as conn:
-        hashed_by = conn.execute(
-            text(
-                "select details ->> 'hashed_by', count(*) from audit.run_log "
-                "where run_id = :r and step = 'bronze' group by 1"
-            ),
-            {"r": run_id},
-        ).all()
-    assert hashed_by == [("discovery", 2)]
+    assert files_by_detail(db, run_id, "bronze", "hashed_by") == [("discovery", 2)]
 
 
 def test_quarantine_names_the_reason_of_every_bad_line(first_run, expected, s3, params):

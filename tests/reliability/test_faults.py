@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -85,19 +87,27 @@ def transit_rows(db, run_id: str) -> int:
         ).scalar_one()
 
 
-def test_postgres_crash_during_the_merge_recovers_by_itself(db, tmp_path, report):
-    folder, sales = delivery(tmp_path, "PGMERGE")
-    holder = db.connect()  # holds the merge's advisory lock: the merge waits there
+@contextmanager
+def merge_waiting(db, folder: Path) -> Iterator[PipelineRun]:
+    """The run of ``folder`` with its merge waiting, until the block ends, for the merge's
+    advisory lock, which this holds."""
+    holder = db.connect()
     holder.execute(text("select pg_advisory_lock(hashtext('staging.sp_merge_operaciones_ventas'))"))
     run = PipelineRun(folder)
     try:
         wait_for(lambda: waiting_on_lock(db, "%sp_merge_operaciones_ventas%"), "the merge")
+        yield run
+    finally:
+        holder.invalidate()
+
+
+def test_postgres_crash_during_the_merge_recovers_by_itself(db, tmp_path, report):
+    folder, sales = delivery(tmp_path, "PGMERGE")
+    with merge_waiting(db, folder) as run:
         run_id = run_id_of_delivery(db, "PGMERGE")
         assert transit_rows(db, run_id) == LINES
         crash_postgres()
         assert transit_rows(db, run_id) == 0  # crash recovery emptied the UNLOGGED table
-    finally:
-        holder.invalidate()
     code, output = run.wait()
     assert code == 0, output[-3000:]
     assert retried(output, "merge_staging")
@@ -107,18 +117,12 @@ def test_postgres_crash_during_the_merge_recovers_by_itself(db, tmp_path, report
 
 def test_transit_rows_lost_before_the_merge_are_reloaded_in_the_same_try(db, tmp_path, report):
     folder, sales = delivery(tmp_path, "TRANSITLOST")
-    holder = db.connect()  # holds the merge's advisory lock: the merge waits there
-    holder.execute(text("select pg_advisory_lock(hashtext('staging.sp_merge_operaciones_ventas'))"))
-    run = PipelineRun(folder)
-    try:
-        wait_for(lambda: waiting_on_lock(db, "%sp_merge_operaciones_ventas%"), "the merge")
+    with merge_waiting(db, folder) as run:
         run_id = run_id_of_delivery(db, "TRANSITLOST")
         with db.begin() as conn:  # what crash recovery does to the UNLOGGED transit tables
             for table in TRANSIT_TABLES.values():
                 conn.execute(text(f"truncate public.{table}"))
         assert transit_rows(db, run_id) == 0
-    finally:
-        holder.invalidate()
     code, output = run.wait()
     assert code == 0, output[-3000:]
     assert not retried(output, "merge_staging")  # refused, reloaded and merged in one try
