@@ -40,7 +40,7 @@ from airflow.task.trigger_rule import TriggerRule
 
 from medallion.operators import NotebookOperator, PublishOperator
 from medallion.report import record_failure
-from medallion.settings import KERNEL_NAME
+from medallion.settings import DAG_ID, KERNEL_NAME
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 RUN = "ti.xcom_pull(task_ids='prepare_run')"
@@ -62,7 +62,7 @@ def notebook(name: str, **kwargs) -> NotebookOperator:
 
 
 with DAG(
-    dag_id="medallion_ventas",
+    dag_id=DAG_ID,
     doc_md=__doc__,
     schedule=os.environ.get("MEDALLION_SCHEDULE") or None,
     catchup=False,

@@ -16,8 +16,10 @@ import time
 from importlib.util import find_spec
 from pathlib import Path
 
-from medallion import ledger, report, services, storage, warehouse
-from medallion.runs import airflow_env, notebook_errors, run_dag, summary
+# Light imports only up here: `run` starts the DAG's process first, whose start overlaps the
+# command's own imports (the heavy ones, in the functions that use them) and its checks.
+from medallion import services
+from medallion.dag_process import DagProcess, airflow_env
 from medallion.settings import (
     LOCAL_DIR,
     OUTPUTS_DIR,
@@ -41,6 +43,8 @@ def bootstrap(params_env: str) -> None:
     from sqlalchemy.exc import OperationalError
     from urllib3.exceptions import HTTPError
 
+    from medallion import storage, warehouse
+
     params = load_params(params_env)
     s3_id, pg_id = params["minio_conn_id"], params["postgres_conn_id"]
     try:
@@ -61,6 +65,8 @@ def bootstrap(params_env: str) -> None:
 
 
 def print_summary(result: dict) -> None:
+    from medallion import ledger
+
     print("\n== medallion_ventas: resumen de la ejecución ==")
     print(f"run_id:                {result['run_id']}")
     new = [d for d in result["deliveries"] if d["decision"] in ledger.TO_PROCESS]
@@ -97,8 +103,6 @@ def print_summary(result: dict) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    print(f"servicios: {use_services()}")
-    bootstrap(args.params_env)
     conf = {
         "params_env": args.params_env,
         "input_path": os.path.abspath(args.input),
@@ -106,11 +110,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         "scd_type_cliente": args.scd_type_cliente,
     }
     log_file = LOCAL_DIR / "airflow" / "last_run.log"
+    print(f"servicios: {use_services()}")  # and their connections, in the environment
+    dag = DagProcess(conf, airflow_env(), log_file)  # it waits for run() to run the DAG
+    try:
+        bootstrap(args.params_env)
+    except BaseException:
+        dag.cancel()
+        raise
     print(f"ejecutando el DAG medallion_ventas (log de Airflow: {log_file}) ...", flush=True)
-    result = run_dag(conf, airflow_env(), log_file, progress=lambda line: print(line, flush=True))
-    run_summary = result.get("summary") or summary(
-        warehouse.engine(load_params(args.params_env)["postgres_conn_id"]), result["run_id"]
-    )
+    result = dag.run(progress=lambda line: print(line, flush=True))
+    if not (run_summary := result.get("summary")):
+        from medallion import warehouse
+        from medallion.runs import summary
+
+        conn_id = load_params(args.params_env)["postgres_conn_id"]
+        run_summary = summary(warehouse.engine(conn_id), result["run_id"])
     print_summary(run_summary)
     print_record(result["run_id"])
     if result["state"] != "success":
@@ -122,6 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def print_record(run_id: str) -> None:
     """Where to read the run: its result notebook as HTML, and the history of every run."""
+    from medallion import report
+
     result = report.run_dir(run_id) / f"{report.RESULT_NOTEBOOK}.html"
     if result.exists():
         print(f"resultado:             {result}")
@@ -131,6 +147,8 @@ def print_record(run_id: str) -> None:
 def print_failure(run_id: str, run_summary: dict, log_file) -> None:
     """Why a run failed: the ledger's reasons per file, else the notebooks' errors, else the
     end of Airflow's log."""
+    from medallion.runs import notebook_errors
+
     outputs = OUTPUTS_DIR / run_slug(run_id)
     print(f"\nEl DAG falló (run {run_id}).", file=sys.stderr)
     reasons = [
@@ -262,7 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.func is cmd_psql:
             return cmd_psql(args, rest[1:] if rest[:1] == ["--"] else rest)
         return args.func(args)
-    except (ServiceUnavailable, services.ServiceError, warehouse.UnsupportedServer) as err:
+    except Exception as err:
+        from medallion.warehouse import UnsupportedServer  # imported by then, if raised
+
+        if not isinstance(err, (ServiceUnavailable, services.ServiceError, UnsupportedServer)):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -38,10 +38,9 @@ from typing import Any
 
 from medallion import services
 from medallion.services import pid_alive, port_free
-from medallion.settings import LOCAL_DIR, PARAMS_DIR, PROJECT_ROOT, env_var_name
+from medallion.settings import DAG_ID, LOCAL_DIR, PARAMS_DIR, PROJECT_ROOT, env_var_name
 
 SHARED_SETTINGS = PARAMS_DIR / "airflow.env"
-DAG_ID = "medallion_ventas"
 PIPELINE_CONNECTIONS = ("minio_default", "postgres_default")
 # In the environment of every process a deployment starts (kernels and task processes
 # inherit it), and of no other: `stop` finds them all by it.

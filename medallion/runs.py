@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
-import subprocess
 import sys
 from collections.abc import Callable
-from contextlib import closing, suppress
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,18 +16,15 @@ from sqlalchemy import text
 
 from medallion import ledger, report, storage, warehouse
 from medallion.settings import (
+    DAG_ID,
     KERNEL_NAME,
-    LOCAL_DIR,
     OUTPUTS_DIR,
-    PROJECT_ROOT,
     load_params,
     resolve_path,
     run_slug,
 )
 
-DAG_ID = "medallion_ventas"
 log = logging.getLogger(__name__)
-AIRFLOW_HOME = LOCAL_DIR / "airflow"
 
 
 # Params of the DAG that override the parameter set's values for one run
@@ -306,117 +300,6 @@ def _file_failure(
     return None
 
 
-def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for an embedded Airflow: SQLite metadata under .local/, our DAGs folder."""
-    env = dict(base or os.environ)
-    env.setdefault("AIRFLOW_HOME", str(AIRFLOW_HOME))
-    env.update(
-        {
-            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get(
-                "AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING"
-            ),
-            "MEDALLION_HOME": str(PROJECT_ROOT),
-        }
-    )
-    return env
-
-
-def ensure_airflow_db(env: dict[str, str]) -> None:
-    db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
-    if not db.exists():
-        Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [_airflow_bin(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL
-        )
-
-
-def _airflow_bin() -> str:
-    return str(Path(sys.executable).parent / "airflow")
-
-
-def run_dag(
-    conf: dict[str, Any],
-    env: dict[str, str],
-    log_file: Path,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Run the DAG once (as `airflow dags test` does) in a child process: run id and state
-    (and, when ``conf`` names a parameter set, the run's ``summary``). ``progress`` gets a line
-    for each task as it finishes."""
-    ensure_airflow_db(env)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    result_file = log_file.with_suffix(".result.json")
-    result_file.unlink(missing_ok=True)
-    tasks = TaskProgress(Path(env["AIRFLOW_HOME"]) / "airflow.db")
-    with log_file.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "medallion.dag_process", json.dumps(conf), str(result_file)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        while proc.poll() is None:
-            with suppress(subprocess.TimeoutExpired):  # returns as soon as the child ends
-                proc.wait(timeout=0.5)
-            _report(tasks, progress)
-    _report(tasks, progress)
-    if not result_file.exists():
-        raise RuntimeError(f"The DAG did not run (exit {proc.returncode}); see {log_file}")
-    return json.loads(result_file.read_text())
-
-
-def _report(tasks: TaskProgress, progress: Callable[[str], None] | None) -> None:
-    for line in tasks.finished() if progress else ():
-        progress(line)
-
-
-class TaskProgress:
-    """Task instances of the newest run in an embedded Airflow's SQLite metadata, reported
-    once each as they finish (read-only; a busy database is read again at the next call)."""
-
-    FINISHED = ("success", "failed", "skipped", "upstream_failed", "up_for_retry", "removed")
-
-    def __init__(self, db: Path):
-        self.db = db
-        self.reported: set[tuple] = set()
-        self.after_run = self._query("select coalesce(max(id), 0) from dag_run") or [(0,)]
-
-    def _query(self, sql: str, *args) -> list[tuple] | None:
-        if not self.db.exists():
-            return None
-        try:
-            with closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=0.2)) as c:
-                return c.execute(sql, args).fetchall()
-        except sqlite3.Error:
-            return None
-
-    def finished(self) -> list[str]:
-        rows = self._query(
-            f"""select ti.task_id, ti.map_index, ti.rendered_map_index, ti.try_number, ti.state,
-                       ti.duration
-                from task_instance ti join dag_run dr
-                  on dr.dag_id = ti.dag_id and dr.run_id = ti.run_id
-                where dr.dag_id = ? and dr.id > ?
-                  and ti.state in ({", ".join("?" * len(self.FINISHED))})
-                order by ti.end_date, ti.task_id, ti.map_index""",
-            DAG_ID,
-            self.after_run[0][0],
-            *self.FINISHED,
-        )
-        lines = []
-        for task_id, map_index, file_name, try_number, state, duration in rows or []:
-            if (key := (task_id, map_index, try_number, state)) in self.reported:
-                continue
-            self.reported.add(key)
-            name = task_id if map_index < 0 else f"{task_id} [{file_name or map_index}]"
-            seconds = f"{duration:7.1f} s" if duration is not None else ""
-            lines.append(f"  {name:<52} {state:<16}{seconds}")
-        return lines
-
-
 def _start_first_kernel(conf: dict[str, Any]) -> None:
     """Start the first notebook's kernel, to boot on the other core while Airflow parses the
     DAG and starts its execution API, with the connections the run's tasks will resolve (if
@@ -434,19 +317,23 @@ def _start_first_kernel(conf: dict[str, Any]) -> None:
 
 
 def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
-    """Child-process side of run_dag: parse the DAG folder, run one DagRun, write the result."""
+    """The DAG's process (``medallion.dag_process``): parse the DAG folder, then, once the
+    command says so, run one DagRun and write the result."""
     from airflow.sdk import timezone
     from airflow.utils.cli import get_bagged_dag
 
+    from medallion.dag_process import told_to_run
     from medallion.execution_api import serve_sdk_version_only
     from medallion.kernels import POOL, use_warm_kernels
 
     use_warm_kernels()  # the tasks run one after the other here: kernels start ahead
     serve_sdk_version_only()  # the in-process API serves only what our tasks ask for
     report.render_ahead()  # and each notebook is rendered while the next one runs
-    _start_first_kernel(conf)
-    dag = get_bagged_dag(bundle_names=None, dag_id=DAG_ID)
     try:
+        _start_first_kernel(conf)
+        dag = get_bagged_dag(bundle_names=None, dag_id=DAG_ID)
+        if not told_to_run():  # the command checks the services meanwhile
+            return 3
         dag_run = dag.test(logical_date=timezone.utcnow(), run_conf=conf)
     finally:
         report.stop_rendering_ahead()

@@ -29,6 +29,7 @@ PARAMS_DIR = PROJECT_ROOT / "params"
 SQL_DIR = PROJECT_ROOT / "sql"
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 KERNEL_NAME = "python3"  # the Jupyter kernel every notebook runs on
+DAG_ID = "medallion_ventas"
 OUTPUTS_DIR = Path(os.environ.get("MEDALLION_OUTPUTS_DIR", PROJECT_ROOT / "outputs"))
 
 # Each gold table and its transit table in PostgreSQL (public.bulk_*), dimensions first: the

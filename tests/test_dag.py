@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from medallion.runs import AIRFLOW_HOME, airflow_env
+from medallion.dag_process import AIRFLOW_HOME, airflow_env
 from medallion.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.pure  # no service: runs without starting any
