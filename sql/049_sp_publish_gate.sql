@@ -32,17 +32,20 @@ begin
            coalesce(sum((details ->> 'sales_total')::numeric), 0) as sales
     into v_silver
     from audit.run_log where run_id = p_run_id and step = 'silver' and status = 'success';
-    select count(*) as lines, coalesce(sum(sales), 0) as sales
-    into v_transit
-    from public.bulk_fact_operaciones_ventas where run_id = p_run_id;
     if p_staged is not null then
-        -- a first load: its insert counted what it read and wrote (staging.insert_fact_...)
+        -- a first load: its insert counted what it read (every transit row of the run with a
+        -- line key) and wrote (staging.insert_fact_...); reading them again took 1.3 s per 10M
+        select (p_staged ->> 'lines')::bigint as lines, (p_staged ->> 'sales')::numeric as sales
+        into v_transit;
         select (p_staged ->> 'lines')::bigint as lines, (p_staged ->> 'sales')::numeric as sales,
                (p_staged ->> 'staged_lines')::bigint as staged_lines,
                (p_staged ->> 'staged_sales')::numeric as staged_sales,
                (p_staged ->> 'orphans')::bigint as orphans
         into v_delivered;
     else
+        select count(*) as lines, coalesce(sum(sales), 0) as sales
+        into v_transit
+        from public.bulk_fact_operaciones_ventas where run_id = p_run_id;
         -- One pass over the run's delivered lines (the latest transit row per line key, as the
         -- merge saw them): what was delivered, what staging holds, and facts without dimensions.
         select count(*) as lines, coalesce(sum(b.sales), 0) as sales,

@@ -795,6 +795,43 @@ def test_merge_of_incomplete_transit_rows_fails_at_once_saying_so(db):
     assert in_staging(db, p) == 0
 
 
+def test_merge_of_incomplete_transit_rows_of_lines_in_staging_fails_saying_so(db):
+    p = new_prefix()
+    merge(db, Delivery(p, f"{p}-r1").line(1).line(2).load(db).run_id)
+    # lines 1 and 2 are in staging: a merge
+    run = Delivery(p, f"{p}-r2").line(1, sales=Decimal("5.0000")).line(2).line(3).load(db)
+    with db.begin() as conn:
+        conn.execute(
+            text("delete from public.bulk_fact_operaciones_ventas where line_key = :k"),
+            {"k": f"{p}-L3"},
+        )
+    with pytest.raises(DBAPIError) as failure:
+        merge(db, run.run_id)
+    assert failure.value.orig.pgcode == "MDT01"
+    assert "public.bulk_fact_operaciones_ventas holds 2 of the 3 rows loaded" in str(failure.value)
+    assert in_staging(db, p) == 2
+    assert scalar(db, "select staging.run_published(:r)", r=run.run_id) is False
+
+
+def test_a_first_load_reads_its_fact_transit_rows_once(empty_warehouse):
+    """Its insert's own counts say whether the rows were all there and feed the publish gate:
+    no count before it, none in the gate (each a full read of a large load)."""
+    db = empty_warehouse
+    p = new_prefix()
+    run = Delivery(p, f"{p}-r1").line(1).line(2).line(3).load(db)
+    reads = text(  # this session's reads of the fact's transit table (not yet in pg_stat)
+        "select coalesce(sum(seq_scan + coalesce(idx_scan, 0)), 0) "
+        "from pg_stat_xact_user_tables "
+        "where schemaname = 'public' and relname = 'bulk_fact_operaciones_ventas'"
+    )
+    with warehouse.transaction(db) as conn:
+        before = conn.execute(reads).scalar_one()
+        conn.execute(text("call staging.sp_merge_operaciones_ventas(:r)"), {"r": run.run_id})
+        assert conn.execute(reads).scalar_one() - before == 1
+    assert in_staging(db, p) == 3
+    assert scalar(db, "select staging.run_published(:r)", r=run.run_id) is True
+
+
 def clear(db, run_id: str) -> None:
     with warehouse.transaction(db) as conn:
         conn.execute(text("call staging.sp_clear_transit(:r)"), {"r": run_id})
