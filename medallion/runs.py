@@ -341,7 +341,7 @@ def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
     try:
         _start_first_kernel(conf)
         dag = get_bagged_dag(bundle_names=None, dag_id=DAG_ID)
-        if not told_to_run():  # the command checks the services meanwhile
+        if not told_to_run():  # the command applies its bootstrap meanwhile
             return 3
         threading.Thread(target=_load_for_the_record, name="load-ahead", daemon=True).start()
         dag_run = dag.test(logical_date=timezone.utcnow(), run_conf=conf)
