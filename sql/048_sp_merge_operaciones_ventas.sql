@@ -153,7 +153,10 @@ begin
             end if;
             if v_how = 'merge' then
                 if v_table = 'fact_operaciones_ventas' then  -- the view's key resolution is not needed
-                    call staging.check_transit(p_run_id);
+                    -- the fact's rows only: the dimensions' were counted before anything
+                    call staging.check_transit(
+                        p_run_id, array_remove(staging.transit_tables(),
+                                               'bulk_fact_operaciones_ventas'));
                     analyze public.bulk_fact_operaciones_ventas;
                     select count(distinct line_key) into v_source
                     from public.bulk_fact_operaciones_ventas where run_id = p_run_id;
