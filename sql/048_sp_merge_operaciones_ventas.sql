@@ -24,8 +24,9 @@
 -- * inserted / updated / unchanged per table go to audit.run_log;
 -- * a delivery of at least p_bulk_min_lines lines and a fifth of the fact (a reload, a
 --   large delivery onto a small fact) is merged without the fact's primary key, foreign keys
---   and their indexes, which are built again, and validated in one pass, before the procedure
---   ends (staging.fact_secondary_structures); the same for a large insert of new lines.
+--   and their indexes, which are built again before the procedure ends, the foreign keys
+--   without reading the fact (staging.fact_secondary_structures: why that leaves nothing
+--   unchecked); the same for a large insert of new lines.
 -- MERGE needs PostgreSQL 15 or newer (medallion.warehouse.apply_sql refuses older servers).
 -- The run's transit rows stay until the commit: staging.sp_clear_transit removes them after it.
 drop procedure if exists staging.sp_merge_operaciones_ventas(text);
@@ -134,7 +135,7 @@ begin
                         call staging.check_transit(p_run_id);
                     end if;
                     if v_bulk then
-                        call staging.fact_secondary_structures(true);
+                        call staging.fact_secondary_structures(true, p_validate => false);
                         -- statistics of the filled fact for what reads it next (notebook 05)
                         analyze staging.fact_operaciones_ventas;
                     end if;
@@ -180,7 +181,7 @@ begin
                         into v_inserted, v_updated using p_run_id;
                 end if;
                 if v_bulk then
-                    call staging.fact_secondary_structures(true);
+                    call staging.fact_secondary_structures(true, p_validate => false);
                 end if;
             end if;
             if v_table <> 'fact_operaciones_ventas'

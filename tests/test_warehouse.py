@@ -355,10 +355,10 @@ def test_insert_then_rerun_changes_nothing_then_corrections_update(db):
     )
 
 
-FACT_STRUCTURES = (
+FACT_STRUCTURES = (  # the foreign keys to both dimensions
     "select count(*) from pg_constraint "
-    "where conrelid = 'staging.fact_operaciones_ventas'::regclass "
-    "and contype = 'f' and convalidated"
+    "where conrelid = 'staging.fact_operaciones_ventas'::regclass and contype = 'f' "
+    "and confrelid in ('staging.dim_cliente'::regclass, 'staging.dim_inventario'::regclass)"
 )
 FACT_INDEXES = (
     "select count(*) from pg_indexes where schemaname = 'staging' "
@@ -405,6 +405,24 @@ def test_bulk_merge_gives_the_same_result_and_restores_keys_and_indexes(db):
         p=f"{p}-%",
     )
     assert orphans == 0
+    # added back without reading the fact again (not valid); validating them finds no line
+    # without its customer or product
+    keys = scalar(
+        db,
+        "select array_agg(conname::text order by conname) from pg_constraint "
+        "where conrelid = 'staging.fact_operaciones_ventas'::regclass and contype = 'f' "
+        "and not convalidated",
+    )
+    assert keys == [
+        "fact_operaciones_ventas_cliente_key_fkey",
+        "fact_operaciones_ventas_inventario_key_fkey",
+    ]
+    with warehouse.transaction(db) as conn:
+        for key in keys:
+            conn.execute(
+                text(f"alter table staging.fact_operaciones_ventas validate constraint {key}")
+            )
+    assert scalar(db, FACT_STRUCTURES + " and convalidated") == 2
     with pytest.raises(DBAPIError, match="foreign key"):  # the keys are enforced again
         with warehouse.transaction(db) as conn:
             conn.execute(
