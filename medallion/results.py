@@ -17,9 +17,19 @@ class RunNotPublished(RuntimeError):
     """The run has no published result (yet): its merge comes first."""
 
 
-def _frame(db: Engine, sql: str, **params) -> pd.DataFrame:
+def _frame(db: Engine, sql: str, run_id: str | None = None, **params) -> pd.DataFrame:
+    """``sql``'s rows; with ``run_id``, ``:sources`` is the keys of the run's files, by which
+    the run's fact lines name it (staging.fact_sources)."""
     with db.connect() as conn, conn.begin():
-        # A run's lines are found through the index on run_id (a bitmap scan), then read in
+        if run_id is not None:
+            params["sources"] = conn.execute(
+                text(
+                    "select coalesce(array_agg(source_key), '{}') from staging.fact_sources "
+                    "where run_id = :r"
+                ),
+                {"r": run_id},
+            ).scalar_one()
+        # A run's lines are found through the index on source_key (a bitmap scan), then read in
         # table order: walking a whole first load by the key indexes costs several times more
         # (30 s instead of 5 s for the top products of 10M lines, measured). The sums per
         # customer and per product of a large run fit in memory with 64 MB per worker instead
@@ -115,17 +125,17 @@ def recorded_staging_rows(db: Engine, run_id: str) -> dict[str, int] | None:
 
 # -- for analysts: what the run published ------------------------------------------------------
 # The view's figures (staging.vw_operaciones_ventas) for the fact lines the run inserted or
-# updated (a line keeps the id of the last run that wrote it; the fact's index on run_id finds
-# them), so that a run's record costs what the run brought, not what the warehouse holds. Summed
-# by the integer surrogate keys first and named after; every fact line has its customer and
-# product (foreign keys), so the sums are the view's.
+# updated (a line keeps the source key of the last run that wrote it; the fact's index on
+# source_key finds them), so that a run's record costs what the run brought, not what the
+# warehouse holds. Summed by the integer surrogate keys first and named after; every fact line
+# has its customer and product (foreign keys), so the sums are the view's.
 
 
 def by_month(db: Engine, run_id: str) -> pd.DataFrame:
     """Per month of the order: sales and profit, and the lines inserted (new) and updated, in
     one pass over the run's lines (two passes took 6.5 s of a 10M-line run's result notebook,
-    one takes 3.5 s; issue 12). A line keeps the id of the last run that wrote it
-    (``run_id``); an updated line's ``updated_at`` is after its ``created_at``, an inserted
+    one takes 3.5 s; issue 12). A line keeps the source of the last run that wrote it
+    (``source_key``); an updated line's ``updated_at`` is after its ``created_at``, an inserted
     one's is the same (one transaction)."""
     return _frame(
         db,
@@ -133,8 +143,9 @@ def by_month(db: Engine, run_id: str) -> pd.DataFrame:
                   sum(sales)::float8 as sales, sum(profit)::float8 as profit,
                   count(*) filter (where updated_at = created_at) as new_lines,
                   count(*) filter (where updated_at > created_at) as updated_lines
-           from staging.fact_operaciones_ventas where run_id = :r group by 1 order by 1""",
-        r=run_id,
+           from staging.fact_operaciones_ventas where source_key = any(:sources)
+           group by 1 order by 1""",
+        run_id=run_id,
     ).set_index("month")
 
 
@@ -146,9 +157,9 @@ def sales_by_region_and_segment(db: Engine, run_id: str) -> pd.DataFrame:
                   coalesce(c.segment, '(sin segmento)') as segment, sum(f.sales)::float8 as sales
            from staging.fact_operaciones_ventas as f
            join staging.dim_cliente as c using (cliente_key)
-           where f.run_id = :r
+           where f.source_key = any(:sources)
            group by 1, 2""",
-        r=run_id,
+        run_id=run_id,
     ).pivot_table(index="region", columns="segment", values="sales", fill_value=0)
 
 
@@ -175,10 +186,11 @@ def _top(db: Engine, run_id: str, dimension: str, key: str, name: str, n: int) -
                    round(sum(t.profit)::numeric, 4)::float8 as profit
             from (select {dimension}_key, sum(sales::float8) as sales,
                          sum(profit::float8) as profit
-                  from staging.fact_operaciones_ventas where run_id = :r group by 1) as t
+                  from staging.fact_operaciones_ventas where source_key = any(:sources)
+                  group by 1) as t
             join staging.dim_{dimension} as d using ({dimension}_key)
             group by d.{key}
             order by round(sum(t.sales)::numeric, 4) desc, d.{key} limit :n""",  # noqa: S608 - our column names
-        r=run_id,
+        run_id=run_id,
         n=n,
     )

@@ -22,9 +22,8 @@ create table if not exists staging.fact_operaciones_ventas (
     quantity       bigint         not null,
     discount       numeric(18, 4),
     profit         numeric(18, 4),
-    source_object  text,
+    source_key     int            not null,  -- staging.fact_sources: the run and the file
     source_line    bigint,
-    run_id         text,
     created_at     timestamptz    not null default now(),
     updated_at     timestamptz    not null default now()
 );
@@ -66,4 +65,30 @@ begin
                            case when v_grant.is_grantable then ' with grant option' else '' end);
         end loop;
     end if;
+end $$;
+
+-- A fact made before its lines named their source by key (sql/031) carries the run id and the
+-- file's key in every line: both go to staging.fact_sources and each line gets its key, once,
+-- in the bootstrap that brings this file (10M lines: a few minutes; the table keeps the old
+-- lines' space until a `vacuum full staging.fact_operaciones_ventas`). The index on run_id goes
+-- with its column; sql/047 builds the one on source_key.
+do $$
+begin
+    if not exists (select 1 from pg_attribute
+                   where attrelid = 'staging.fact_operaciones_ventas'::regclass
+                     and attname = 'run_id' and not attisdropped) then
+        return;
+    end if;
+    insert into staging.fact_sources (run_id, source_object)
+    select distinct coalesce(run_id, ''), coalesce(source_object, '')
+    from staging.fact_operaciones_ventas
+    on conflict do nothing;
+    alter table staging.fact_operaciones_ventas add column source_key int;
+    update staging.fact_operaciones_ventas as f set source_key = s.source_key
+    from staging.fact_sources as s
+    where s.run_id = coalesce(f.run_id, '') and s.source_object = coalesce(f.source_object, '');
+    alter table staging.fact_operaciones_ventas
+        alter column source_key set not null,
+        drop column run_id,
+        drop column source_object;
 end $$;

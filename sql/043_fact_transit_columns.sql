@@ -1,6 +1,7 @@
 -- The fact's columns that a run's transit rows fill, in the fact's order: the fact's columns that
 -- the keyed transit view (sql/035) also has, but the line key (the merge's key). With
--- p_lineage, the lineage columns (where and by which run a line came: written, never compared);
+-- p_lineage, the lineage columns (from which run and file, and which line of it, a line came:
+-- written, never compared);
 -- without, the delivered values (compared by a merge, and written). Nothing lists the fact's
 -- columns by hand: a new fact column is loaded as soon as the fact and the transit table have it.
 create or replace function staging.fact_transit_columns(p_lineage boolean)
@@ -15,5 +16,5 @@ as $$
      and s.attname = f.attname and s.attnum > 0 and not s.attisdropped
     where f.attrelid = 'staging.fact_operaciones_ventas'::regclass
       and f.attnum > 0 and not f.attisdropped and f.attname <> 'line_key'
-      and (f.attname in ('source_object', 'source_line', 'run_id')) = p_lineage
+      and (f.attname in ('source_key', 'source_line')) = p_lineage
 $$;

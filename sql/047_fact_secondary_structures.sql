@@ -1,5 +1,5 @@
 -- The fact's primary key, its foreign keys to both dimensions and the indexes on them (and the
--- one on run_id), in one place. staging.fact_secondary_structures(true) creates whatever is
+-- one on source_key), in one place. staging.fact_secondary_structures(true) creates whatever is
 -- missing (idempotent: the bootstrap calls it below); (false) drops the foreign keys and the
 -- indexes, and with p_primary_key the primary key too. The merge drops them for a delivery that
 -- is large next to the fact and creates them again in the same transaction: a foreign key checked
@@ -33,7 +33,7 @@ begin
             drop constraint if exists fact_operaciones_ventas_inventario_key_fkey;
         drop index if exists staging.fact_operaciones_ventas_cliente_key_idx;
         drop index if exists staging.fact_operaciones_ventas_inventario_key_idx;
-        drop index if exists staging.fact_operaciones_ventas_run_id_idx;
+        drop index if exists staging.fact_operaciones_ventas_source_key_idx;
         if p_primary_key then
             alter table staging.fact_operaciones_ventas
                 drop constraint if exists fact_operaciones_ventas_pkey;
@@ -62,8 +62,8 @@ begin
     create index if not exists fact_operaciones_ventas_inventario_key_idx
         on staging.fact_operaciones_ventas (inventario_key);
     -- the lines a run wrote (its result notebook, 05_resultado, reads only those)
-    create index if not exists fact_operaciones_ventas_run_id_idx
-        on staging.fact_operaciones_ventas (run_id);
+    create index if not exists fact_operaciones_ventas_source_key_idx
+        on staging.fact_operaciones_ventas (source_key);
 end;
 $$;
 

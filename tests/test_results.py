@@ -15,7 +15,8 @@ def view(db, sql: str, run_id: str) -> pd.DataFrame:
     """``sql`` on the view's rows of the fact lines the run wrote (``{lines}``)."""
     lines = (
         "staging.vw_operaciones_ventas where line_key in "
-        "(select line_key from staging.fact_operaciones_ventas where run_id = :r)"
+        "(select line_key from staging.fact_operaciones_ventas "
+        "join staging.fact_sources using (source_key) where run_id = :r)"
     )
     with db.connect() as conn:
         return pd.read_sql(text(sql.format(lines=lines)), conn, params={"r": run_id})

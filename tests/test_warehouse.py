@@ -17,6 +17,8 @@ from sqlalchemy.exc import DBAPIError
 
 from medallion import warehouse
 
+SOURCE_OBJECT = "s3://b/k.csv"  # the bronze object of a test run's lines
+
 
 class Delivery:
     """A run's transit rows, built like gold would build them."""
@@ -57,7 +59,7 @@ class Delivery:
                 "quantity": 3,
                 "discount": Decimal("0.2"),
                 "profit": Decimal("-383.031"),
-                "source_object": "s3://b/k.csv",
+                "source_object": SOURCE_OBJECT,
                 "source_line": n + 1,
                 "run_id": self.run_id,
             }
@@ -102,11 +104,11 @@ class Delivery:
             warehouse.log_step(
                 db, self.run_id, "load", f"public.{warehouse.TRANSIT_TABLES[table]}", rows_out=rows
             )
-        warehouse.log_step(
+        warehouse.log_step(  # as notebook 02 records its file
             db,
             self.run_id,
             "silver",
-            "test",
+            SOURCE_OBJECT,
             rows_out=len(self.facts),
             details={"sales_total": str(sum(f["sales"] for f in self.facts))},
         )
@@ -360,7 +362,7 @@ FACT_STRUCTURES = (  # the foreign keys to both dimensions
     "where conrelid = 'staging.fact_operaciones_ventas'::regclass and contype = 'f' "
     "and confrelid in ('staging.dim_cliente'::regclass, 'staging.dim_inventario'::regclass)"
 )
-FACT_INDEXES = (
+FACT_INDEXES = (  # on cliente_key, inventario_key and source_key
     "select count(*) from pg_indexes where schemaname = 'staging' "
     "and tablename = 'fact_operaciones_ventas' and indexname like '%key_idx'"
 )
@@ -390,7 +392,7 @@ def test_bulk_merge_gives_the_same_result_and_restores_keys_and_indexes(db):
         "unchanged": 1,
     }
     assert strategy(db, delivery.run_id) == "merge (bulk)"
-    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
+    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 3)
     primary_key = scalar(
         db,
         "select pg_get_constraintdef(oid) from pg_constraint "
@@ -472,7 +474,7 @@ def test_new_lines_are_inserted_without_comparing_and_keys_built_once(empty_ware
         "unchanged": 0,
     }
     assert strategy(db, first.run_id) == "insert (bulk)"
-    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
+    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 3)
     assert scalar(db, "select count(*) from pg_constraint where conname = :c",
                   c="fact_operaciones_ventas_pkey") == 1  # fmt: skip
     # new lines are inserted as they are: of their statistics the insert's plan needs only
@@ -504,7 +506,7 @@ def test_new_lines_are_inserted_without_comparing_and_keys_built_once(empty_ware
     assert merge(db, third.run_id)["fact_operaciones_ventas"]["inserted"] == 2
     assert strategy(db, third.run_id) == "insert"
     assert transit_fact_analyses(db) == 4  # the run's size only
-    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
+    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 3)
 
 
 def dimension_analyses(db, table: str) -> int:
@@ -561,7 +563,7 @@ def test_a_line_in_the_fact_beyond_the_looked_up_lines_is_merged_not_doubled(
     assert scalar(db, "select count(*) from staging.fact_operaciones_ventas") == 5
     assert scalar(db, "select quantity from staging.fact_operaciones_ventas "
                       "where line_key = :k", k=f"{p}-L3") == 9  # fmt: skip
-    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
+    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 3)
 
 
 def test_a_first_load_that_repeats_a_line_key_is_merged_the_latest_wins(empty_warehouse):
@@ -573,7 +575,7 @@ def test_a_first_load_that_repeats_a_line_key_is_merged_the_latest_wins(empty_wa
     assert transit_fact_analyses(db) == 2  # the run's size, then all for the merge
     assert scalar(db, "select quantity from staging.fact_operaciones_ventas "
                       "where line_key = :k", k=f"{p}-L1") == 7  # fmt: skip
-    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)
+    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 3)
 
 
 def test_a_first_load_with_a_line_missing_its_customer_publishes_nothing(empty_warehouse):
@@ -589,7 +591,7 @@ def test_a_first_load_with_a_line_missing_its_customer_publishes_nothing(empty_w
         failure.value
     )
     assert scalar(db, "select count(*) from staging.fact_operaciones_ventas") == 0
-    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 2)  # as before
+    assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 3)  # as before
 
 
 def test_duplicate_keys_in_transit_merge_once_the_latest_wins(db):
@@ -749,7 +751,7 @@ def test_publish_gate_runs_in_the_merge_and_a_failed_check_publishes_nothing(db)
     run = Delivery(p, f"{p}-r1").line(1).line(2).load(db)
     # silver reported one cent more than transit holds: the gate's reconciliation fails
     warehouse.log_step(
-        db, run.run_id, "silver", "test", rows_out=2, details={"sales_total": "1915.1650"}
+        db, run.run_id, "silver", SOURCE_OBJECT, rows_out=2, details={"sales_total": "1915.1650"}
     )
     with pytest.raises(DBAPIError) as failure:
         merge(db, run.run_id)
@@ -1129,5 +1131,81 @@ def test_a_warehouse_whose_line_keys_compared_as_words_is_changed_in_place(grant
             "updated": 1,
             "unchanged": 0,
         }
+    finally:
+        db.dispose()
+
+
+def test_a_fact_whose_lines_carried_their_run_and_file_gets_their_source_keys():
+    """A warehouse made before the fact's lines named their source by key (sql/031): the next
+    bootstrap registers each line's run and file in staging.fact_sources, gives every line its
+    key, drops the two columns, and the merge and the result figures go on. In a database of
+    its own: the shared one keeps the project's schema."""
+    from medallion import results
+    from medallion.settings import get_connection
+
+    name = f"{get_connection('postgres_default').schema}_lineage"
+    db = warehouse.engine_for(warehouse.fresh_database("postgres_default", name))
+    try:
+        warehouse.apply_sql(db)
+        p = new_prefix()
+        first = Delivery(p, f"{p}-r1").line(1).line(2).load(db)
+        merge(db, first.run_id)
+        second = Delivery(p, f"{p}-r2").line(3).load(db)
+        merge(db, second.run_id)
+        with warehouse.transaction(db) as conn:  # the fact as the earlier version made it
+            conn.execute(
+                text(
+                    "alter table staging.fact_operaciones_ventas "
+                    "add column source_object text, add column run_id text"
+                )
+            )
+            conn.execute(
+                text(
+                    "update staging.fact_operaciones_ventas as f "
+                    "set source_object = s.source_object, run_id = s.run_id "
+                    "from staging.fact_sources as s where s.source_key = f.source_key"
+                )
+            )
+            conn.execute(text("alter table staging.fact_operaciones_ventas drop column source_key"))
+            conn.execute(text("create index on staging.fact_operaciones_ventas (run_id)"))
+            conn.execute(text("delete from staging.fact_sources"))
+            conn.execute(text("delete from audit.schema_migrations where file_name >= '031'"))
+
+        assert "032_fact_operaciones_ventas.sql" in warehouse.apply_sql(db)
+
+        columns = scalar(
+            db,
+            "select array_agg(attname::text order by attnum) from pg_attribute "
+            "where attrelid = 'staging.fact_operaciones_ventas'::regclass and attnum > 0 "
+            "and not attisdropped and attname in ('source_object', 'run_id', 'source_key')",
+        )
+        assert columns == ["source_key"]
+        with db.connect() as conn:
+            lines = conn.execute(
+                text(
+                    "select f.line_key, s.run_id, s.source_object "
+                    "from staging.fact_operaciones_ventas as f "
+                    "join staging.fact_sources as s using (source_key) order by 1"
+                )
+            ).all()
+        assert lines == [
+            (f"{p}-L1", first.run_id, SOURCE_OBJECT),
+            (f"{p}-L2", first.run_id, SOURCE_OBJECT),
+            (f"{p}-L3", second.run_id, SOURCE_OBJECT),
+        ]
+        assert scalar(db, FACT_INDEXES) == 3  # the one on source_key among them
+        third = Delivery(p, f"{p}-r3").line(3, quantity=5).line(4).load(db)
+        assert merge(db, third.run_id)["fact_operaciones_ventas"] == {
+            "inserted": 1,
+            "updated": 1,
+            "unchanged": 0,
+        }
+        assert results.by_month(db, first.run_id)["new_lines"].sum() == 2
+        assert results.by_month(db, third.run_id)[
+            ["new_lines", "updated_lines"]
+        ].sum().tolist() == [
+            1,
+            1,
+        ]
     finally:
         db.dispose()
