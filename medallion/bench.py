@@ -351,7 +351,8 @@ def peer(eng: Engine, conn: Connection, big: Path, increment: Path, ours_runs: l
         ours_rows, ours_sales = c.execute(
             text(
                 "select count(*), sum(sales) from staging.fact_operaciones_ventas "
-                "where run_id = any(:runs)"
+                "where source_key in (select source_key from staging.fact_sources "
+                "where run_id = any(:runs))"
             ),
             {"runs": ours_runs},
         ).one()
