@@ -170,6 +170,7 @@ def _psql() -> str:
 
 def ceiling(eng, run_id: str, params: dict) -> dict:
     """`psql \\copy` of this run's gold fact rows, from CSV, into an unindexed table."""
+    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -183,10 +184,15 @@ def ceiling(eng, run_id: str, params: dict) -> dict:
         fact = pq.ParquetFile(f"{tmp}/fact.parquet")  # streamed: 10M rows never in memory
         csv_path = Path(tmp) / "fact.csv"
         options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
-        with pacsv.CSVWriter(csv_path, fact.schema_arrow, write_options=options) as writer:
+        # the rows as the load sends them: each line names its file by key
+        sources = warehouse.register_sources(eng, run_id)
+        schema = warehouse.with_source_keys(
+            pa.RecordBatch.from_pylist([], schema=fact.schema_arrow), sources
+        ).schema
+        with pacsv.CSVWriter(csv_path, schema, write_options=options) as writer:
             for batch in fact.iter_batches(batch_size=100_000):
-                writer.write_batch(batch)
-        rows, columns = fact.metadata.num_rows, ", ".join(fact.schema_arrow.names)
+                writer.write_batch(warehouse.with_source_keys(batch, sources))
+        rows, columns = fact.metadata.num_rows, ", ".join(schema.names)
         with warehouse.transaction(eng) as conn:
             conn.exec_driver_sql("create schema if not exists bench")
             conn.exec_driver_sql("drop table if exists bench.copy_ceiling")

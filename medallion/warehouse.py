@@ -179,6 +179,41 @@ def adbc_connection(eng: Engine) -> adbc_dbapi.Connection:
     return adbc_driver_postgresql.dbapi.connect(adbc_uri(eng))
 
 
+def register_sources(eng: Engine, run_id: str) -> dict[str, int]:
+    """The key of each of the run's files (``staging.fact_sources``: the files its silver step
+    recorded, registered on the first call), by which its lines name their source."""
+    with transaction(eng) as conn:
+        rows = conn.execute(
+            text("select source_object, source_key from staging.register_sources(:r)"),
+            {"r": run_id},
+        )
+        return dict(rows.all())
+
+
+def with_source_keys(batch: pa.RecordBatch, sources: dict[str, int]) -> pa.RecordBatch:
+    """A gold batch whose ``source_object`` (the file's 90-byte name on every line) is replaced by
+    the file's key, ``source_key``; a batch without it is returned as it is. A line of a file
+    the run's silver step did not record stops the load: its lineage would be lost."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    at = batch.schema.get_field_index("source_object")
+    if at < 0:
+        return batch
+    names = batch.column(at)
+    if pa.types.is_dictionary(names.type):
+        names = names.dictionary_decode()
+    positions = pc.index_in(names, value_set=pa.array(list(sources), pa.string()))
+    if positions.null_count:
+        unknown = pc.unique(pc.filter(names, pc.is_null(positions))).to_pylist()
+        raise ValueError(
+            f"lines of files the run's silver step did not record: {unknown[:5]} "
+            f"(recorded: {sorted(sources)[:5]})"
+        )
+    keys = pa.array(list(sources.values()), pa.int32()).take(positions)
+    return batch.set_column(at, pa.field("source_key", pa.int32()), keys)
+
+
 def transit_frame(batch: pa.RecordBatch | pa.Table) -> pd.DataFrame:
     """A gold batch as the DataFrame handed to ``to_sql``: every column Arrow-backed with gold's
     own type (text, integers, exact decimals, dates), so pandas hands it back to Arrow without
@@ -210,7 +245,12 @@ def _declared_types(conn, name: str, columns: list[str]) -> pa.Schema:
     import pyarrow as pa
 
     # the Arrow type of each PostgreSQL type a transit table has (numeric: decimal128, below)
-    pg_to_arrow = {"text": pa.string(), "bigint": pa.int64(), "date": pa.date32()}
+    pg_to_arrow = {
+        "text": pa.string(),
+        "bigint": pa.int64(),
+        "integer": pa.int32(),
+        "date": pa.date32(),
+    }
     with conn.cursor() as cur:
         cur.execute(
             "select column_name, data_type, numeric_precision, numeric_scale "
@@ -258,13 +298,15 @@ def load_run(
     then the batches go through ``load_transit`` (``to_sql`` + binary COPY) on ``streams``
     ADBC connections at once, so that one connection's COPY runs on the server while the next
     batch is prepared here. Each row's ``bulk_seq`` is its place in gold (the merge keeps the
-    later of two lines with one key). If any batch fails, the run's rows are removed again and
-    the error is raised: the transit table holds all of the run or none of it.
+    later of two lines with one key), and each line names its file by key (``register_sources``,
+    ``with_source_keys``). If any batch fails, the run's rows are removed again and the error is
+    raised: the transit table holds all of the run or none of it.
     """
     import numpy as np
 
     with transaction(eng) as conn:
         clear_transit(conn, table, run_id)
+    sources = register_sources(eng, run_id)
     source = iter(batches)
     lock = threading.Lock()
     handed_out = 0  # rows of the batches handed to the streams so far
@@ -284,7 +326,7 @@ def load_run(
         with adbc_connection(eng) as conn:
             while (item := next_batch()) is not None:
                 batch, first = item
-                frame = transit_frame(batch)
+                frame = transit_frame(with_source_keys(batch, sources))
                 # each row's place in gold: the streams' COPYs run at once, so the order in
                 # which the server stores rows is not gold's (the merge keeps, per line key,
                 # the row with the highest bulk_seq: the later line)

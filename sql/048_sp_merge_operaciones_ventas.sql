@@ -82,11 +82,6 @@ begin
     call staging.check_transit(p_run_id, array['bulk_fact_operaciones_ventas']);
 
     begin
-        -- the run's files, which its lines name as their source (staging.fact_sources)
-        insert into staging.fact_sources (run_id, source_object)
-        select run_id, source from audit.run_log
-        where run_id = p_run_id and step = 'silver' and status = 'success'
-        on conflict do nothing;
         -- statistics of the run's transit rows for the merges' plans. Of the fact's lines,
         -- before they are inserted, only how many the run has (run_id): without them the
         -- planner took the run for one line and hashed it instead of the dimensions (10M

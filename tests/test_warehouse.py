@@ -88,11 +88,23 @@ class Delivery:
         products = pd.DataFrame(
             [{"product_id": k, **v, "run_id": self.run_id} for k, v in self.products.items()]
         ).drop(columns="first_order_date")
+        warehouse.log_step(  # as notebook 02 records its file
+            db,
+            self.run_id,
+            "silver",
+            SOURCE_OBJECT,
+            rows_out=len(self.facts),
+            details={"sales_total": str(sum(f["sales"] for f in self.facts))},
+        )
+        facts = pd.DataFrame(self.facts)  # each line names its file by key, as load_run does
+        facts["source_object"] = facts["source_object"].map(
+            warehouse.register_sources(db, self.run_id)
+        )
         loaded = {}
         frames = {
             "dim_inventario": products,
             "dim_cliente": customers,
-            "fact_operaciones_ventas": pd.DataFrame(self.facts),
+            "fact_operaciones_ventas": facts.rename(columns={"source_object": "source_key"}),
         }
         with warehouse.transaction(db) as conn:
             for table in frames:
@@ -104,14 +116,6 @@ class Delivery:
             warehouse.log_step(
                 db, self.run_id, "load", f"public.{warehouse.TRANSIT_TABLES[table]}", rows_out=rows
             )
-        warehouse.log_step(  # as notebook 02 records its file
-            db,
-            self.run_id,
-            "silver",
-            SOURCE_OBJECT,
-            rows_out=len(self.facts),
-            details={"sales_total": str(sum(f["sales"] for f in self.facts))},
-        )
         return self
 
 
@@ -1135,11 +1139,12 @@ def test_a_warehouse_whose_line_keys_compared_as_words_is_changed_in_place(grant
         db.dispose()
 
 
-def test_a_fact_whose_lines_carried_their_run_and_file_gets_their_source_keys():
-    """A warehouse made before the fact's lines named their source by key (sql/031): the next
-    bootstrap registers each line's run and file in staging.fact_sources, gives every line its
-    key, drops the two columns, and the merge and the result figures go on. In a database of
-    its own: the shared one keeps the project's schema."""
+def test_lines_that_carried_their_run_and_file_get_their_source_keys():
+    """A warehouse made before lines named their source by key (sql/015): the next bootstrap
+    registers each line's run and file in staging.fact_sources, gives every line of the fact and
+    of the transit table (a run loaded, not merged yet) its key, drops the file's name (and the
+    fact's run id), and the merge and the result figures go on. In a database of its own: the
+    shared one keeps the project's schema."""
     from medallion import results
     from medallion.settings import get_connection
 
@@ -1152,34 +1157,46 @@ def test_a_fact_whose_lines_carried_their_run_and_file_gets_their_source_keys():
         merge(db, first.run_id)
         second = Delivery(p, f"{p}-r2").line(3).load(db)
         merge(db, second.run_id)
-        with warehouse.transaction(db) as conn:  # the fact as the earlier version made it
-            conn.execute(
-                text(
-                    "alter table staging.fact_operaciones_ventas "
-                    "add column source_object text, add column run_id text"
+        third = Delivery(p, f"{p}-r3").line(3, quantity=5).line(4).load(db)  # not merged yet
+        with warehouse.transaction(db) as conn:  # as the earlier version made them
+            conn.execute(text("drop view public.bulk_fact_operaciones_ventas_latest"))
+            conn.execute(text("drop view public.bulk_fact_operaciones_ventas_keyed"))
+            for table, lineage in (
+                ("staging.fact_operaciones_ventas", "source_object = s.source_object, "
+                                                    "run_id = s.run_id"),
+                ("public.bulk_fact_operaciones_ventas", "source_object = s.source_object"),
+            ):  # fmt: skip
+                conn.execute(text(f"alter table {table} add column source_object text"))
+                if table.startswith("staging"):
+                    conn.execute(text(f"alter table {table} add column run_id text"))
+                conn.execute(
+                    text(
+                        f"update {table} as f set {lineage} "
+                        "from staging.fact_sources as s where s.source_key = f.source_key"
+                    )
                 )
-            )
-            conn.execute(
-                text(
-                    "update staging.fact_operaciones_ventas as f "
-                    "set source_object = s.source_object, run_id = s.run_id "
-                    "from staging.fact_sources as s where s.source_key = f.source_key"
-                )
-            )
-            conn.execute(text("alter table staging.fact_operaciones_ventas drop column source_key"))
+                conn.execute(text(f"alter table {table} drop column source_key"))
             conn.execute(text("create index on staging.fact_operaciones_ventas (run_id)"))
             conn.execute(text("delete from staging.fact_sources"))
-            conn.execute(text("delete from audit.schema_migrations where file_name >= '031'"))
+            conn.execute(text("delete from audit.schema_migrations where file_name >= '015'"))
 
-        assert "032_fact_operaciones_ventas.sql" in warehouse.apply_sql(db)
+        applied = warehouse.apply_sql(db)
+        assert {"022_bulk_fact_operaciones_ventas.sql", "032_fact_operaciones_ventas.sql"} <= set(
+            applied
+        )
 
         columns = scalar(
             db,
-            "select array_agg(attname::text order by attnum) from pg_attribute "
-            "where attrelid = 'staging.fact_operaciones_ventas'::regclass and attnum > 0 "
+            "select array_agg(attrelid::regclass::text || '.' || attname order by 1) "
+            "from pg_attribute where attrelid in ('staging.fact_operaciones_ventas'::regclass, "
+            "'public.bulk_fact_operaciones_ventas'::regclass) and attnum > 0 "
             "and not attisdropped and attname in ('source_object', 'run_id', 'source_key')",
         )
-        assert columns == ["source_key"]
+        assert sorted(columns) == [
+            "bulk_fact_operaciones_ventas.run_id",  # public: on the search path
+            "bulk_fact_operaciones_ventas.source_key",
+            "staging.fact_operaciones_ventas.source_key",
+        ]
         with db.connect() as conn:
             lines = conn.execute(
                 text(
@@ -1194,18 +1211,13 @@ def test_a_fact_whose_lines_carried_their_run_and_file_gets_their_source_keys():
             (f"{p}-L3", second.run_id, SOURCE_OBJECT),
         ]
         assert scalar(db, FACT_INDEXES) == 3  # the one on source_key among them
-        third = Delivery(p, f"{p}-r3").line(3, quantity=5).line(4).load(db)
         assert merge(db, third.run_id)["fact_operaciones_ventas"] == {
             "inserted": 1,
             "updated": 1,
             "unchanged": 0,
         }
         assert results.by_month(db, first.run_id)["new_lines"].sum() == 2
-        assert results.by_month(db, third.run_id)[
-            ["new_lines", "updated_lines"]
-        ].sum().tolist() == [
-            1,
-            1,
-        ]
+        figures = results.by_month(db, third.run_id)[["new_lines", "updated_lines"]]
+        assert figures.sum().tolist() == [1, 1]
     finally:
         db.dispose()

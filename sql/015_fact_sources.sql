@@ -2,9 +2,10 @@
 -- lines the run wrote. A fact line names its source by this table's integer key (source_key)
 -- instead of carrying the run id and the object's key in every line: about 130 bytes less per
 -- line (10M lines: a fact of 3.3 GB instead of 2.2 GB, its insert 19.6 s -> 15.7 s, the index
--- the result notebook reads by 2-5 s less to build; issue 12). The merge registers the run's
--- sources (the files its silver step cleaned, audit.run_log) before it writes their lines. No
--- foreign key from the fact: checked line by line it would cost what the narrower line saves.
+-- the result notebook reads by 2-5 s less to build; issue 12). The transit rows carry the key
+-- too: the load registers the run's files (staging.register_sources) before it copies their
+-- lines. No foreign key from the fact: checked line by line it would cost what the narrower
+-- line saves.
 create table if not exists staging.fact_sources (
     source_key    int generated always as identity primary key,
     run_id        text not null,
