@@ -67,7 +67,7 @@ begin
     end if;
 end $$;
 
--- A fact made before its lines named their source by key (sql/031) carries the run id and the
+-- A fact made before its lines named their source by key (sql/015) carries the run id and the
 -- file's key in every line: both go to staging.fact_sources and each line gets its key, once,
 -- in the bootstrap that brings this file (10M lines: a few minutes; the table keeps the old
 -- lines' space until a `vacuum full staging.fact_operaciones_ventas`). The index on run_id goes
