@@ -1139,85 +1139,79 @@ def test_a_warehouse_whose_line_keys_compared_as_words_is_changed_in_place(grant
         db.dispose()
 
 
-def test_lines_that_carried_their_run_and_file_get_their_source_keys():
+def test_lines_that_carried_their_run_and_file_get_their_source_keys(empty_warehouse):
     """A warehouse made before lines named their source by key (sql/015): the next bootstrap
     registers each line's run and file in staging.fact_sources, gives every line of the fact and
     of the transit table (a run loaded, not merged yet) its key, drops the file's name (and the
     fact's run id), and the merge and the result figures go on. In a database of its own: the
     shared one keeps the project's schema."""
     from medallion import results
-    from medallion.settings import get_connection
 
-    name = f"{get_connection('postgres_default').schema}_lineage"
-    db = warehouse.engine_for(warehouse.fresh_database("postgres_default", name))
-    try:
-        warehouse.apply_sql(db)
-        p = new_prefix()
-        first = Delivery(p, f"{p}-r1").line(1).line(2).load(db)
-        merge(db, first.run_id)
-        second = Delivery(p, f"{p}-r2").line(3).load(db)
-        merge(db, second.run_id)
-        third = Delivery(p, f"{p}-r3").line(3, quantity=5).line(4).load(db)  # not merged yet
-        with warehouse.transaction(db) as conn:  # as the earlier version made them
-            conn.execute(text("drop view public.bulk_fact_operaciones_ventas_latest"))
-            conn.execute(text("drop view public.bulk_fact_operaciones_ventas_keyed"))
-            for table, lineage in (
-                ("staging.fact_operaciones_ventas", "source_object = s.source_object, "
-                                                    "run_id = s.run_id"),
-                ("public.bulk_fact_operaciones_ventas", "source_object = s.source_object"),
-            ):  # fmt: skip
-                conn.execute(text(f"alter table {table} add column source_object text"))
-                if table.startswith("staging"):
-                    conn.execute(text(f"alter table {table} add column run_id text"))
-                conn.execute(
-                    text(
-                        f"update {table} as f set {lineage} "
-                        "from staging.fact_sources as s where s.source_key = f.source_key"
-                    )
-                )
-                conn.execute(text(f"alter table {table} drop column source_key"))
-            conn.execute(text("create index on staging.fact_operaciones_ventas (run_id)"))
-            conn.execute(text("delete from staging.fact_sources"))
-            conn.execute(text("delete from audit.schema_migrations where file_name >= '015'"))
-
-        applied = warehouse.apply_sql(db)
-        assert {"022_bulk_fact_operaciones_ventas.sql", "032_fact_operaciones_ventas.sql"} <= set(
-            applied
-        )
-
-        columns = scalar(
-            db,
-            "select array_agg(attrelid::regclass::text || '.' || attname order by 1) "
-            "from pg_attribute where attrelid in ('staging.fact_operaciones_ventas'::regclass, "
-            "'public.bulk_fact_operaciones_ventas'::regclass) and attnum > 0 "
-            "and not attisdropped and attname in ('source_object', 'run_id', 'source_key')",
-        )
-        assert sorted(columns) == [
-            "bulk_fact_operaciones_ventas.run_id",  # public: on the search path
-            "bulk_fact_operaciones_ventas.source_key",
-            "staging.fact_operaciones_ventas.source_key",
-        ]
-        with db.connect() as conn:
-            lines = conn.execute(
+    db = empty_warehouse
+    p = new_prefix()
+    first = Delivery(p, f"{p}-r1").line(1).line(2).load(db)
+    merge(db, first.run_id)
+    second = Delivery(p, f"{p}-r2").line(3).load(db)
+    merge(db, second.run_id)
+    third = Delivery(p, f"{p}-r3").line(3, quantity=5).line(4).load(db)  # not merged yet
+    with warehouse.transaction(db) as conn:  # as the earlier version made them
+        conn.execute(text("drop view public.bulk_fact_operaciones_ventas_latest"))
+        conn.execute(text("drop view public.bulk_fact_operaciones_ventas_keyed"))
+        for table, lineage in (
+            ("staging.fact_operaciones_ventas", "source_object = s.source_object, "
+                                                "run_id = s.run_id"),
+            ("public.bulk_fact_operaciones_ventas", "source_object = s.source_object"),
+        ):  # fmt: skip
+            conn.execute(text(f"alter table {table} add column source_object text"))
+            if table.startswith("staging"):
+                conn.execute(text(f"alter table {table} add column run_id text"))
+            conn.execute(
                 text(
-                    "select f.line_key, s.run_id, s.source_object "
-                    "from staging.fact_operaciones_ventas as f "
-                    "join staging.fact_sources as s using (source_key) order by 1"
+                    f"update {table} as f set {lineage} "
+                    "from staging.fact_sources as s where s.source_key = f.source_key"
                 )
-            ).all()
-        assert lines == [
-            (f"{p}-L1", first.run_id, SOURCE_OBJECT),
-            (f"{p}-L2", first.run_id, SOURCE_OBJECT),
-            (f"{p}-L3", second.run_id, SOURCE_OBJECT),
-        ]
-        assert scalar(db, FACT_INDEXES) == 3  # the one on source_key among them
-        assert merge(db, third.run_id)["fact_operaciones_ventas"] == {
-            "inserted": 1,
-            "updated": 1,
-            "unchanged": 0,
-        }
-        assert results.by_month(db, first.run_id)["new_lines"].sum() == 2
-        figures = results.by_month(db, third.run_id)[["new_lines", "updated_lines"]]
-        assert figures.sum().tolist() == [1, 1]
-    finally:
-        db.dispose()
+            )
+            conn.execute(text(f"alter table {table} drop column source_key"))
+        conn.execute(text("create index on staging.fact_operaciones_ventas (run_id)"))
+        conn.execute(text("delete from staging.fact_sources"))
+        conn.execute(text("delete from audit.schema_migrations where file_name >= '015'"))
+
+    applied = warehouse.apply_sql(db)
+    assert {"022_bulk_fact_operaciones_ventas.sql", "032_fact_operaciones_ventas.sql"} <= set(
+        applied
+    )
+
+    columns = scalar(
+        db,
+        "select array_agg(attrelid::regclass::text || '.' || attname order by 1) "
+        "from pg_attribute where attrelid in ('staging.fact_operaciones_ventas'::regclass, "
+        "'public.bulk_fact_operaciones_ventas'::regclass) and attnum > 0 "
+        "and not attisdropped and attname in ('source_object', 'run_id', 'source_key')",
+    )
+    assert sorted(columns) == [
+        "bulk_fact_operaciones_ventas.run_id",  # public: on the search path
+        "bulk_fact_operaciones_ventas.source_key",
+        "staging.fact_operaciones_ventas.source_key",
+    ]
+    with db.connect() as conn:
+        lines = conn.execute(
+            text(
+                "select f.line_key, s.run_id, s.source_object "
+                "from staging.fact_operaciones_ventas as f "
+                "join staging.fact_sources as s using (source_key) order by 1"
+            )
+        ).all()
+    assert lines == [
+        (f"{p}-L1", first.run_id, SOURCE_OBJECT),
+        (f"{p}-L2", first.run_id, SOURCE_OBJECT),
+        (f"{p}-L3", second.run_id, SOURCE_OBJECT),
+    ]
+    assert scalar(db, FACT_INDEXES) == 3  # the one on source_key among them
+    assert merge(db, third.run_id)["fact_operaciones_ventas"] == {
+        "inserted": 1,
+        "updated": 1,
+        "unchanged": 0,
+    }
+    assert results.by_month(db, first.run_id)["new_lines"].sum() == 2
+    figures = results.by_month(db, third.run_id)[["new_lines", "updated_lines"]]
+    assert figures.sum().tolist() == [1, 1]
