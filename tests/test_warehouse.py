@@ -1157,14 +1157,13 @@ def test_lines_that_carried_their_run_and_file_get_their_source_keys(empty_wareh
     with warehouse.transaction(db) as conn:  # as the earlier version made them
         conn.execute(text("drop view public.bulk_fact_operaciones_ventas_latest"))
         conn.execute(text("drop view public.bulk_fact_operaciones_ventas_keyed"))
-        for table, lineage in (
-            ("staging.fact_operaciones_ventas", "source_object = s.source_object, "
-                                                "run_id = s.run_id"),
-            ("public.bulk_fact_operaciones_ventas", "source_object = s.source_object"),
-        ):  # fmt: skip
-            conn.execute(text(f"alter table {table} add column source_object text"))
-            if table.startswith("staging"):
-                conn.execute(text(f"alter table {table} add column run_id text"))
+        for table, columns in (
+            ("staging.fact_operaciones_ventas", ("source_object", "run_id")),
+            ("public.bulk_fact_operaciones_ventas", ("source_object",)),
+        ):
+            added = ", ".join(f"add column {c} text" for c in columns)
+            conn.execute(text(f"alter table {table} {added}"))
+            lineage = ", ".join(f"{c} = s.{c}" for c in columns)
             conn.execute(
                 text(
                     f"update {table} as f set {lineage} "
