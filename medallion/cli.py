@@ -110,9 +110,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         "scd_type_cliente": args.scd_type_cliente,
     }
     log_file = LOCAL_DIR / "airflow" / "last_run.log"
-    print(f"servicios: {use_services()}")  # and their connections, in the environment
-    dag = DagProcess(conf, airflow_env(), log_file)  # it waits for run() to run the DAG
+    dag = DagProcess(conf, airflow_env(), log_file)  # it starts meanwhile, and waits for run()
     try:
+        print(f"servicios: {use_services()}")  # and their connections, in the environment
+        dag.use_environment({name: os.environ[name] for name in services.CONNECTION_VARS})
         bootstrap(args.params_env)
     except BaseException:
         dag.cancel()

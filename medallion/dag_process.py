@@ -1,14 +1,15 @@
 """The DAG's process of `make run`: the command's side (``DagProcess``) and the process's own
 entry point (``python -m medallion.dag_process``, which runs ``medallion.runs.main``).
 
-The command starts the process as soon as it knows the services' connections
-(``DagProcess(...)``): the process's own start (Python, Airflow and its execution API imported,
-the DAG parsed: about 4 s of a 100-line run's 9-12 s here) then overlaps the command's heavier
-imports and its bootstrap (buckets and SQL objects, 0.7 s) on the other core. The process runs
-the DAG only when the command says so (``run``: a line on its stdin). If the command stops
-before (a service that does not answer), it ends the process (``cancel``), which has written
-nothing yet; a process whose stdin closes before the line (its command killed) ends without
-running the DAG.
+The command starts the process first thing (``DagProcess(...)``): the process's own start
+(Python, Airflow and its execution API imported, the DAG parsed: about 3 s of a 100-line run's
+8-12 s here) then overlaps all the command does before the run on the other core: the services'
+check (0.2-0.3 s) and its heavier imports and bootstrap (buckets and SQL objects, 0.7 s). The
+services' connections reach the process as a line on its stdin (``use_environment``), before it
+starts anything that resolves one (the first notebook's kernel). The process runs the DAG only
+when the command says so (``run``: another line). If the command stops before (a service that
+does not answer), it ends the process (``cancel``), which has written nothing yet; a process
+whose stdin closes before the line (its command killed) ends without running.
 
 A light module (the standard library and ``medallion.settings``): the command imports it before
 anything heavy, and the processes that the DAG's process spawns (the notebooks' renderer,
@@ -68,7 +69,8 @@ def _airflow_bin() -> str:
 
 class DagProcess:
     """One run of the DAG (as `airflow dags test` makes it) in a child process, started ahead
-    of the run: it imports and parses while the command goes on, and waits for ``run``."""
+    of the run: it imports and parses while the command goes on, takes the services'
+    connections (``use_environment``) and waits for ``run``."""
 
     def __init__(self, conf: dict[str, Any], env: dict[str, str], log_file: Path) -> None:
         ensure_airflow_db(env)
@@ -77,6 +79,7 @@ class DagProcess:
         self.result_file = log_file.with_suffix(".result.json")
         self.result_file.unlink(missing_ok=True)
         self.tasks = TaskProgress(Path(env["AIRFLOW_HOME"]) / "airflow.db")
+        self.environment_sent = False
         with log_file.open("w") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "medallion.dag_process", json.dumps(conf)]
@@ -88,12 +91,20 @@ class DagProcess:
                 text=True,
             )
 
+    def use_environment(self, variables: dict[str, str]) -> None:
+        """Add ``variables`` (the services' connections) to the process's environment: it waits
+        for them before it starts the first notebook's kernel."""
+        self._tell(json.dumps(variables) + "\n")
+        self.environment_sent = True
+
     def run(self, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Let the process run the DAG and wait for it: run id and state (and, when the run's
         conf names a parameter set, its ``summary``). ``progress`` gets a line for each task
         as it finishes."""
-        with suppress(BrokenPipeError):  # it ended already: said below
-            self.proc.stdin.write(GO)
+        if not self.environment_sent:
+            self.use_environment({})  # it was started with everything it needs
+        self._tell(GO)
+        with suppress(BrokenPipeError):
             self.proc.stdin.close()
         while self.proc.poll() is None:
             with suppress(subprocess.TimeoutExpired):  # returns as soon as the child ends
@@ -105,6 +116,11 @@ class DagProcess:
                 f"The DAG did not run (exit {self.proc.returncode}); see {self.log_file}"
             )
         return json.loads(self.result_file.read_text())
+
+    def _tell(self, line: str) -> None:
+        with suppress(BrokenPipeError):  # it ended already: `run` says so
+            self.proc.stdin.write(line)
+            self.proc.stdin.flush()
 
     def cancel(self) -> None:
         """End the process without a run (it has not started one: it waits for ``run``); the
@@ -121,6 +137,16 @@ class DagProcess:
     def _report(self, progress: Callable[[str], None] | None) -> None:
         for line in self.tasks.finished() if progress else ():
             progress(line)
+
+
+def environment_from_command() -> bool:
+    """In the DAG's process: wait for the command's environment variables (``use_environment``)
+    and add them to this process's (False: its stdin closed first)."""
+    line = sys.stdin.readline()
+    if not line:
+        return False
+    os.environ.update(json.loads(line))
+    return True
 
 
 def told_to_run() -> bool:

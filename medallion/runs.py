@@ -331,10 +331,12 @@ def _dag_test(conf: dict[str, Any], result_file: Path) -> int:
     from airflow.sdk import timezone
     from airflow.utils.cli import get_bagged_dag
 
-    from medallion.dag_process import told_to_run
+    from medallion.dag_process import environment_from_command, told_to_run
     from medallion.execution_api import serve_sdk_version_only
     from medallion.kernels import POOL, use_warm_kernels
 
+    if not environment_from_command():  # the services' connections, from the command
+        return 3
     use_warm_kernels()  # the tasks run one after the other here: kernels start ahead
     serve_sdk_version_only()  # the in-process API serves only what our tasks ask for
     report.render_ahead()  # and each notebook is rendered while the next one runs

@@ -74,3 +74,17 @@ def test_cancel_ends_a_dags_process_at_once_with_nothing_run(started):
     assert not process.result_file.exists()
     assert dag_runs(env) == runs_before
     assert until_none_left(marker) == []
+
+
+def test_the_first_kernel_starts_only_with_the_commands_connections(started):
+    process, env, marker = started
+    time.sleep(4)  # imported and parsed meanwhile; no kernel without the connections
+    assert marked_processes(marker) == [process.proc.pid]
+    process.use_environment({"MEDALLION_TEST_HANDED": marker})
+    deadline = time.monotonic() + 30
+    while len(kernels := marked_processes(marker)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    started_after = [pid for pid in kernels if pid != process.proc.pid]
+    assert started_after, "no kernel started once the connections came"
+    environ = Path(f"/proc/{started_after[0]}/environ").read_bytes()
+    assert f"MEDALLION_TEST_HANDED={marker}".encode() in environ.split(b"\0")
