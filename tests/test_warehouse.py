@@ -842,6 +842,44 @@ def test_a_first_load_reads_its_fact_transit_rows_once(empty_warehouse):
     assert scalar(db, "select staging.run_published(:r)", r=run.run_id) is True
 
 
+def test_a_first_load_takes_its_dimensions_members_without_comparing_them(empty_warehouse):
+    """Dimensions that hold only their unknown member: each merge inserts the run's members
+    and counts them itself, with no count of new members before it and none by the caller
+    (each a read of the run's members, sorted for the latest per key)."""
+    db = empty_warehouse
+    p = new_prefix()
+    run = Delivery(p, f"{p}-r1").line(1).line(2, customer="C2").line(3, product="P2").load(db)
+    reads = text(  # this session's reads of a dimension's transit table (not yet in pg_stat)
+        "select coalesce(sum(seq_scan + coalesce(idx_scan, 0)), 0) "
+        "from pg_stat_xact_user_tables where schemaname = 'public' and relname = :t"
+    )
+    tables = ("bulk_dim_cliente", "bulk_dim_inventario")
+    with warehouse.transaction(db) as conn:
+        before = [conn.execute(reads, {"t": t}).scalar_one() for t in tables]
+        conn.execute(text("call staging.sp_merge_operaciones_ventas(:r)"), {"r": run.run_id})
+        after = [conn.execute(reads, {"t": t}).scalar_one() for t in tables]
+    # the load's count (staging.check_transit), the look for the unknown member, the merge
+    assert [a - b for a, b in zip(after, before, strict=True)] == [3, 3]
+    clear(db, run.run_id)
+    counts = merge(db, run.run_id)  # published: the counts the merge recorded
+    assert counts["dim_cliente"] == {"inserted": 2, "updated": 0, "unchanged": 0}
+    assert counts["dim_inventario"] == {"inserted": 2, "updated": 0, "unchanged": 0}
+    assert scalar(db, "select count(*) from staging.dim_cliente where customer_id like :p",
+                  p=f"{p}-%") == 2  # fmt: skip
+
+
+def test_a_first_load_that_names_the_unknown_member_is_merged(empty_warehouse):
+    """Its members are compared (the unknown member is met), and each is counted once."""
+    db = empty_warehouse
+    p = new_prefix()
+    run = Delivery(p, f"{p}-r1").line(1).line(2, customer="C2")
+    unknown = scalar(db, "select customer_id from staging.dim_cliente where cliente_key = -1")
+    run.customers[unknown] = dict(run.customers[f"{p}-C2"])  # a member no line points at
+    counts = merge(db, run.load(db).run_id)
+    assert counts["dim_cliente"] == {"inserted": 2, "updated": 1, "unchanged": 0}
+    assert scalar(db, "select count(*) from staging.dim_cliente") == 3
+
+
 def clear(db, run_id: str) -> None:
     with warehouse.transaction(db) as conn:
         conn.execute(text("call staging.sp_clear_transit(:r)"), {"r": run_id})
