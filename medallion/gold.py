@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from minio import Minio
@@ -104,7 +105,7 @@ class DimensionBuilder:
     def add(self, batch: pa.RecordBatch, first_seq: int) -> None:
         part = pa.Table.from_batches([batch]).select([*self.group, "order_date"])
         part = part.append_column(
-            "_seq", pa.array(range(first_seq, first_seq + len(part)), pa.int64())
+            "_seq", pa.array(np.arange(first_seq, first_seq + len(part), dtype=np.int64))
         )
         part = self._reduce(part, "order_date", "order_date", "_seq")
         self.pending.append(part)
@@ -152,7 +153,7 @@ class DimensionBuilder:
             ],
         )
         ranked = variants.take(order).append_column(
-            "_rank", pa.array(range(len(variants)), pa.int64())
+            "_rank", pa.array(np.arange(len(variants), dtype=np.int64))
         )
         last = ranked.group_by(self.dim.natural_key, use_threads=False).aggregate(
             [("_rank", "max")]
@@ -161,7 +162,7 @@ class DimensionBuilder:
         winners = ranked.take(pc.take(ranks, pc.array_sort_indices(ranks)))  # by natural key
         columns = [*self.group, *self.dim.dates]
         return winners.select(columns).append_column(
-            "run_id", pa.array([run_id] * len(winners), pa.string())
+            "run_id", pa.repeat(pa.scalar(run_id, pa.string()), len(winners))
         )
 
 
