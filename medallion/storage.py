@@ -187,6 +187,10 @@ class ParquetUpload:
 
     Batches are encoded and compressed in a background thread (Arrow releases the GIL), so the
     caller prepares the next batch meanwhile; at most two batches wait, which bounds memory.
+    Row groups carry the minimum and maximum of the columns that are not text (dates,
+    amounts, quantities, line numbers), by which a reader skips row groups; those of text
+    columns (ids and names in no order: nearly the whole range in every row group) would
+    skip nothing and cost 15 % of the writing (silver, 1M lines: 0.89 -> 0.75 s of CPU).
     """
 
     def __init__(
@@ -200,12 +204,17 @@ class ParquetUpload:
         """``dictionary``: the columns to dictionary-encode (default all); a column of values
         unique to each row gains nothing from it but the cost of building the dictionary."""
         self.client, self.bucket, self.key, self.schema = client, bucket, key, schema
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         self._tmp = work_dir()
         self.path = Path(self._tmp.name) / "part.parquet"
         self._writer = pq.ParquetWriter(
-            self.path, schema, compression="zstd", use_dictionary=dictionary
+            self.path,
+            schema,
+            compression="zstd",
+            use_dictionary=dictionary,
+            write_statistics=[f.name for f in schema if not pa.types.is_string(f.type)],
         )
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
         self._pending: deque[Future] = deque()

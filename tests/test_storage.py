@@ -55,3 +55,32 @@ def test_a_step_run_before_the_one_it_reads_names_the_notebook_to_run_first(s3, 
     storage.put_json(s3, gold, storage.manifest_key(run, "gold"), {"run_id": run})
     assert transit.gold_manifest(s3, gold, run) == {"run_id": run}
     s3.remove_object(gold, storage.manifest_key(run, "gold"))
+
+
+def test_parquet_objects_carry_the_range_of_dates_and_amounts_not_of_text(s3, params):
+    import datetime as dt
+    from decimal import Decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "customer_id": pa.array(["C2", "C1"]),
+            "order_date": pa.array([dt.date(2024, 3, 1), dt.date(2024, 1, 5)]),
+            "sales": pa.array([Decimal("1.5"), Decimal("-2")], pa.decimal128(18, 4)),
+        }
+    )
+    key = f"tests/statistics-{uuid.uuid4()}.parquet"
+    with storage.ParquetUpload(s3, params["silver_bucket"], key, table.schema) as out:
+        out.write(table)
+    with storage.downloaded(s3, params["silver_bucket"], key) as path:
+        group = pq.ParquetFile(path).metadata.row_group(0)
+    s3.remove_object(params["silver_bucket"], key)
+    ranges = {group.column(i).path_in_schema: group.column(i).statistics for i in range(3)}
+    assert (ranges["order_date"].min, ranges["order_date"].max) == (
+        dt.date(2024, 1, 5),
+        dt.date(2024, 3, 1),
+    )
+    assert ranges["sales"].has_min_max
+    assert ranges["customer_id"] is None or not ranges["customer_id"].has_min_max
