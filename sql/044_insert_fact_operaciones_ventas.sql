@@ -1,9 +1,12 @@
 -- New lines only (a first load, a delivery of new sales: no line key of the run is in the fact),
--- so nothing is compared. The run's transit rows go in as they are (surrogate keys resolved),
--- and the statement itself returns what the publish gate checks: the lines written, their sum of
--- sales and the lines without their customer or product (unknown member). A run that delivers a
--- line key twice (a later file correcting an earlier line) does not fit: the fact's primary key
--- (there, or built right after) refuses it, and the caller takes the merge instead.
+-- so nothing is compared. The run's transit rows go in as they are (surrogate keys resolved).
+-- What the publish gate checks is then read from the fact: the lines written (the insert's own
+-- count), their sum of sales and the lines without their customer or product (unknown member),
+-- the run's lines found by their files' keys. (Returning them from the insert kept every line
+-- in a tuplestore: 10M lines 18.0 s -> 23.5 s; reading them after takes a parallel scan.)
+-- A run that delivers a line key twice (a later file correcting an earlier line) does not fit:
+-- the fact's primary key (there, or built right after) refuses it, and the caller takes the
+-- merge instead.
 create or replace procedure staging.insert_fact_operaciones_ventas(
     p_run_id text,
     inout p_inserted bigint default null,
@@ -22,19 +25,20 @@ begin
     perform set_config('enable_nestloop', 'off', true);
     execute format(
         $insert$
-        with written as (
-            insert into staging.fact_operaciones_ventas (line_key, %1$s)
-            select line_key, %1$s
-            from public.bulk_fact_operaciones_ventas_keyed
-            where run_id = $1
-            returning sales, cliente_key, inventario_key
-        )
-        select count(*), coalesce(sum(sales), 0),
-               count(*) filter (where cliente_key = -1 or inventario_key = -1)
-        from written
+        insert into staging.fact_operaciones_ventas (line_key, %1$s)
+        select line_key, %1$s
+        from public.bulk_fact_operaciones_ventas_keyed
+        where run_id = $1
         $insert$, v_columns)
-    into p_inserted, p_sales, p_orphans
     using p_run_id;
+    get diagnostics p_inserted = row_count;
     perform set_config('enable_nestloop', v_nestloop, true);
+
+    select coalesce(sum(f.sales), 0),
+           count(*) filter (where f.cliente_key = -1 or f.inventario_key = -1)
+    into p_sales, p_orphans
+    from staging.fact_operaciones_ventas as f
+    where f.source_key in (select s.source_key from staging.fact_sources as s
+                           where s.run_id = p_run_id);
 end;
 $$;

@@ -12,8 +12,9 @@
 --   second count took 1.1 s for 10M lines), else before the merge (staging.check_transit);
 --   the dimensions' before anything;
 -- * a run whose line keys are all new to the fact (a first load, a delivery of new sales)
---   inserts its lines without comparing them, and the insert's own counts go to the gate
---   (staging.insert_fact_operaciones_ventas); otherwise sources are the *_latest views: one
+--   inserts its lines without comparing them, and what it wrote goes to the gate (the
+--   insert's own count; the sum of sales and the orphans read back from the fact right after:
+--   staging.insert_fact_operaciones_ventas); otherwise sources are the *_latest views: one
 --   row per key, so no target row is met twice. Whether they are new is looked up for the
 --   run's first p_key_probe lines (all of a delivery that size or smaller); a key further on
 --   that is in the fact already is refused by the fact's primary key (in place, or built

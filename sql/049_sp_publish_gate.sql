@@ -5,8 +5,9 @@
 -- * keys: unique and not null natural keys in the dimensions, no fact of the run without its
 --   customer and product (the unknown member -1 counts as missing).
 -- After a first load the merge passes what its insert read and wrote (p_staged: lines, sales,
--- staged_lines, staged_sales, orphans), counted by that statement itself, so the run's lines are
--- not read again; after a merge they are counted here, in one pass.
+-- staged_lines, staged_sales, orphans: the lines counted by the insert itself, their sales and
+-- orphans read back from the fact), so the transit rows are not read again; after a merge they
+-- are counted here, in one pass.
 -- A failing check raises an error naming the check and by how much (SQLSTATE MDG01): the merge
 -- rolls back with it. On success the checks are recorded in audit.run_log (step 'publish';
 -- details -> 'checks': check, expected, found, passed, in this order); the
@@ -33,8 +34,9 @@ begin
     into v_silver
     from audit.run_log where run_id = p_run_id and step = 'silver' and status = 'success';
     if p_staged is not null then
-        -- a first load: its insert counted what it read (every transit row of the run with a
-        -- line key) and wrote (staging.insert_fact_...); reading them again took 1.3 s per 10M
+        -- a first load: its insert counted the transit rows it read (every one of the run
+        -- with a line key) and wrote them all; their sales were read back from the fact
+        -- (staging.insert_fact_...); reading the transit rows again took 1.3 s per 10M
         select (p_staged ->> 'lines')::bigint as lines, (p_staged ->> 'sales')::numeric as sales
         into v_transit;
         select (p_staged ->> 'lines')::bigint as lines, (p_staged ->> 'sales')::numeric as sales,

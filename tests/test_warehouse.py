@@ -509,6 +509,15 @@ def test_new_lines_are_inserted_without_comparing_and_keys_built_once(empty_ware
     third = Delivery(p, f"{p}-r3").line(5).line(6).load(db)
     assert merge(db, third.run_id)["fact_operaciones_ventas"]["inserted"] == 2
     assert strategy(db, third.run_id) == "insert"
+    checks = scalar(  # the gate read the run's own lines in the fact, not the fact's others
+        db,
+        "select details from audit.run_log where run_id = :r and step = 'publish'",
+        r=third.run_id,
+    )
+    assert (checks["staged_line_keys"], Decimal(str(checks["staged_sales"]))) == (
+        2,
+        Decimal("1915.1550"),
+    )
     assert transit_fact_analyses(db) == 4  # the run's size only
     assert (scalar(db, FACT_STRUCTURES), scalar(db, FACT_INDEXES)) == (2, 3)
 
