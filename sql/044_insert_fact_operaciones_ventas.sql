@@ -19,6 +19,7 @@ declare
     v_columns text := array_to_string(staging.fact_transit_columns(false)
                                       || staging.fact_transit_columns(true), ', ');
     v_nestloop text := current_setting('enable_nestloop');
+    v_sources  int[];
 begin
     -- the whole run against the two dimensions: hash joins (which side is hashed comes from
     -- the run_id statistics of the transit rows, taken by the caller)
@@ -34,11 +35,16 @@ begin
     get diagnostics p_inserted = row_count;
     perform set_config('enable_nestloop', v_nestloop, true);
 
-    select coalesce(sum(f.sales), 0),
-           count(*) filter (where f.cliente_key = -1 or f.inventario_key = -1)
-    into p_sales, p_orphans
-    from staging.fact_operaciones_ventas as f
-    where f.source_key in (select s.source_key from staging.fact_sources as s
-                           where s.run_id = p_run_id);
+    -- the run's file keys as constants: the planner then finds a small run's lines by the
+    -- index on source_key, and reads a first load whole
+    select coalesce(array_agg(source_key), '{}') into v_sources
+    from staging.fact_sources where run_id = p_run_id;
+    execute format(
+        $sums$
+        select coalesce(sum(sales), 0),
+               count(*) filter (where cliente_key = -1 or inventario_key = -1)
+        from staging.fact_operaciones_ventas where source_key = any (%L::int[])
+        $sums$, v_sources)
+    into p_sales, p_orphans;
 end;
 $$;
