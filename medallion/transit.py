@@ -39,14 +39,14 @@ def load_gold(
     after the other, beside the fact's two streams): the fact takes most of the time."""
     manifest = gold_manifest(s3, gold_bucket, run_id)
     tables = list(manifest["objects"])
-    fact = "fact_operaciones_ventas"
+    dimensions = [t for t in tables if t != "fact_operaciones_ventas"]
 
     def load(some: list[str]) -> dict[str, int]:
         return {t: _load_table(db, s3, gold_bucket, run_id, manifest, t, batch_size) for t in some}
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="load") as pool:
-        loads = [pool.submit(load, [fact]), pool.submit(load, [t for t in tables if t != fact])]
-        loaded = loads[0].result() | loads[1].result()
+        fact = pool.submit(load, [t for t in tables if t not in dimensions])
+        loaded = pool.submit(load, dimensions).result() | fact.result()
     return {table: loaded[table] for table in tables}  # in gold's order
 
 
@@ -67,10 +67,8 @@ def _load_table(
             f"public.{warehouse.TRANSIT_TABLES[table]}: gold has {manifest['rows'][table]} "
             f"rows for run {run_id}, the server copied {loaded}"
         )
-    warehouse.log_step(
-        db, run_id, "load", f"public.{warehouse.TRANSIT_TABLES[table]}", rows_out=loaded,
-        started_at=started,
-    )  # fmt: skip
+    target = f"public.{warehouse.TRANSIT_TABLES[table]}"
+    warehouse.log_step(db, run_id, "load", target, rows_out=loaded, started_at=started)
     return loaded
 
 
