@@ -19,15 +19,11 @@ class RunNotPublished(RuntimeError):
 
 def _frame(db: Engine, sql: str, run_id: str | None = None, **params) -> pd.DataFrame:
     """``sql``'s rows; with ``run_id``, ``:sources`` is the keys of the run's files, by which
-    the run's fact lines name it (staging.fact_sources)."""
+    the run's fact lines name it (``staging.run_sources``), passed as constants."""
     with db.connect() as conn, conn.begin():
         if run_id is not None:
             params["sources"] = conn.execute(
-                text(
-                    "select coalesce(array_agg(source_key), '{}') from staging.fact_sources "
-                    "where run_id = :r"
-                ),
-                {"r": run_id},
+                text("select staging.run_sources(:r)"), {"r": run_id}
             ).scalar_one()
         # A run's lines are found through the index on source_key (a bitmap scan), then read in
         # table order: walking a whole first load by the key indexes costs several times more

@@ -19,7 +19,6 @@ declare
     v_columns text := array_to_string(staging.fact_transit_columns(false)
                                       || staging.fact_transit_columns(true), ', ');
     v_nestloop text := current_setting('enable_nestloop');
-    v_sources  int[];
 begin
     -- the whole run against the two dimensions: hash joins (which side is hashed comes from
     -- the run_id statistics of the transit rows, taken by the caller)
@@ -35,16 +34,14 @@ begin
     get diagnostics p_inserted = row_count;
     perform set_config('enable_nestloop', v_nestloop, true);
 
-    -- the run's file keys as constants: the planner then finds a small run's lines by the
-    -- index on source_key, and reads a first load whole
-    select coalesce(array_agg(source_key), '{}') into v_sources
-    from staging.fact_sources where run_id = p_run_id;
+    -- the run's file keys as constants (staging.run_sources): a small run's lines are found
+    -- by the index on source_key, a first load is read whole
     execute format(
         $sums$
         select coalesce(sum(sales), 0),
                count(*) filter (where cliente_key = -1 or inventario_key = -1)
         from staging.fact_operaciones_ventas where source_key = any (%L::int[])
-        $sums$, v_sources)
+        $sums$, staging.run_sources(p_run_id))
     into p_sales, p_orphans;
 end;
 $$;
