@@ -36,10 +36,14 @@ begin
                              where run_id <> p_run_id
                                and coalesce(finished_at, started_at) > now() - p_left_after) as o
                        where not staging.run_published(o.run_id)) then
+                -- each run once: the conditions on a run, pushed down into the distinct,
+                -- would be asked of each of its rows (10M rows kept: 33 s instead of 2.6 s)
                 execute format(
                     $kept$
+                    with o as materialized (select distinct run_id from public.%I
+                                            where run_id <> $1)
                     select coalesce(array_agg(o.run_id), '{}')
-                    from (select distinct run_id from public.%I where run_id <> $1) as o
+                    from o
                     where not staging.run_published(o.run_id)
                       and exists (select 1 from audit.run_log as l
                                   where l.run_id = o.run_id

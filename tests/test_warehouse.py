@@ -955,6 +955,28 @@ def test_clearing_reads_no_transit_table_while_no_other_run_is_under_way(empty_w
     assert in_transit(db, run.run_id) == 0
 
 
+def test_clearing_asks_about_each_run_under_way_once_not_per_row(empty_warehouse):
+    """Whether a run is under way is asked of the run, never of each of its transit rows
+    (a run of millions of lines under way made every other run's clear take half a minute)."""
+    db = empty_warehouse
+    p = new_prefix()
+    under_way = Delivery(p, f"{p}-loaded")
+    for i in range(300):
+        under_way.line(i)
+    under_way.load(db)  # loaded, not merged yet: its rows are kept
+    run = Delivery(p, f"{p}-r1").line(1000).load(db)
+    merge(db, run.run_id, clear_after=False)
+    lookups = text(  # this session's reads of the run log (not yet flushed to pg_stat)
+        "select coalesce(sum(seq_scan + coalesce(idx_scan, 0)), 0) "
+        "from pg_stat_xact_user_tables where schemaname = 'audit' and relname = 'run_log'"
+    )
+    with warehouse.transaction(db) as conn:
+        before = conn.execute(lookups).scalar_one()
+        conn.execute(text("call staging.sp_clear_transit(:r)"), {"r": run.run_id})
+        assert conn.execute(lookups).scalar_one() - before < 30  # 3 tables, a few per run
+    assert (in_transit(db, run.run_id), in_transit(db, under_way.run_id)) == (0, 300)
+
+
 def test_rows_a_run_left_behind_go_with_the_next_runs(empty_warehouse):
     db = empty_warehouse
     p = new_prefix()
