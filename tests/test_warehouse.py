@@ -485,6 +485,12 @@ def test_new_lines_are_inserted_without_comparing_and_keys_built_once(empty_ware
     # the run's size, so that the dimensions are hashed and the run read once
     assert transit_fact_analyses(db) == 1
     assert transit_fact_analyzed_columns(db) == ["run_id"]
+    # the filled fact: statistics of what the gate and notebook 05 filter, join and group on
+    assert scalar(
+        db,
+        "select array_agg(attname::text order by attname) from pg_stats "
+        "where schemaname = 'staging' and tablename = 'fact_operaciones_ventas'",
+    ) == ["cliente_key", "inventario_key", "order_date", "region", "source_key"]
     checks = scalar(
         db,
         "select details from audit.run_log where run_id = :r and step = 'publish'",
