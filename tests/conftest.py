@@ -91,6 +91,16 @@ def db():
     eng.dispose()
 
 
+@pytest.fixture
+def empty_warehouse():
+    """A warehouse of its own whose fact is empty (the shared one holds other tests' lines)."""
+    name = f"{get_connection('postgres_default').schema}_empty"
+    eng = warehouse.engine_for(warehouse.fresh_database("postgres_default", name))
+    warehouse.apply_sql(eng)
+    yield eng
+    eng.dispose()
+
+
 @pytest.fixture(scope="session")
 def secrets_in_use() -> list[str]:
     """The passwords of the connections the tests use (to prove no output contains them)."""

@@ -1,6 +1,7 @@
 """The result notebook's figures (medallion.results) against the analysts' view they stand for,
 for the lines the run wrote."""
 
+import datetime as dt
 from decimal import Decimal
 
 import pandas as pd
@@ -82,6 +83,48 @@ def test_the_top_ten_are_the_views_for_the_runs_lines(db, runs, top, key, name):
         )
         assert len(expected) == lines
         pd.testing.assert_frame_equal(top(db, run_id, 10), expected)
+
+
+def test_top_customers_add_up_a_customers_versions(empty_warehouse):
+    """With SCD type 2, a run's lines may point at two versions of one customer: the customer
+    is one row of the top ten, with the sum of both."""
+    db = empty_warehouse
+    p = new_prefix()
+    march, june = dt.date(2024, 3, 1), dt.date(2024, 6, 1)
+    first = (
+        Delivery(p, f"{p}-r1")
+        .line(1, order_date=march, sales=Decimal("10"))
+        .line(2, customer="C2", order_date=march, sales=Decimal("12"))
+    )
+    merge(db, first.load(db).run_id, scd_type=2)
+    expected = [(f"{p}-C2", "Ana", 12.0), (f"{p}-C1", "Ana", 10.0)]  # one version each
+    top = results.top_customers(db, first.run_id, 10)
+    assert list(top[["customer_id", "customer_name", "sales"]].itertuples(index=False)) == expected
+    rename = Delivery(p, f"{p}-r2").line(3, name="Ana Gómez", order_date=dt.date(2024, 4, 1))
+    merge(db, rename.load(db).run_id, scd_type=2)  # C1's second version, from April on
+    both = (  # March: the first version; June: the second
+        Delivery(p, f"{p}-r3")
+        .line(4, name="Ana Gómez", order_date=march, sales=Decimal("8"))
+        .line(5, name="Ana Gómez", order_date=june, sales=Decimal("7"))
+        .line(6, customer="C2", order_date=june, sales=Decimal("14"))
+    )
+    merge(db, both.load(db).run_id, scd_type=2)
+    with db.connect() as conn:
+        assert (
+            conn.execute(  # the run's lines point at both of C1's versions
+                text(
+                    "select count(distinct cliente_key) from staging.fact_operaciones_ventas "
+                    "where line_key in (:a, :b)"
+                ),
+                {"a": f"{p}-L4", "b": f"{p}-L5"},
+            ).scalar_one()
+            == 2
+        )
+    top = results.top_customers(db, both.run_id, 10)
+    assert list(top[["customer_id", "customer_name", "sales"]].itertuples(index=False)) == [
+        (f"{p}-C1", "Ana Gómez", 15.0),
+        (f"{p}-C2", "Ana", 14.0),
+    ]
 
 
 def test_equal_totals_are_ordered_by_key_whatever_order_float8_adds_them_in(db):

@@ -456,18 +456,6 @@ def transit_fact_analyzed_columns(db) -> list[str]:
     )
 
 
-@pytest.fixture
-def empty_warehouse():
-    """A warehouse of its own whose fact is empty (the shared one holds other tests' lines)."""
-    from medallion.settings import get_connection
-
-    name = f"{get_connection('postgres_default').schema}_empty"
-    eng = warehouse.engine_for(warehouse.fresh_database("postgres_default", name))
-    warehouse.apply_sql(eng)
-    yield eng
-    eng.dispose()
-
-
 def test_new_lines_are_inserted_without_comparing_and_keys_built_once(empty_warehouse):
     db = empty_warehouse
     p = new_prefix()
