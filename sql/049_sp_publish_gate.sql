@@ -2,8 +2,9 @@
 -- it last): is what staging now holds for this run right?
 -- * reconciliation: transit holds silver's lines and sum of sales of the run, and staging holds
 --   every line key of the run with the delivered sales (lines and sum);
--- * keys: unique and not null natural keys in the dimensions, no fact of the run without its
---   customer and product (the unknown member -1 counts as missing).
+-- * keys: unique and not null natural keys of the run's members in the dimensions (the merge
+--   wrote no other), no fact of the run without its customer and product (the unknown member
+--   -1 counts as missing).
 -- After a first load the merge passes what its insert read and wrote (p_staged: lines, sales,
 -- staged_lines, staged_sales, orphans: the lines counted by the insert itself, their sales and
 -- orphans read back from the fact), so the transit rows are not read again; after a merge they
@@ -73,11 +74,18 @@ begin
         'delivered_line_keys', v_delivered.lines, 'staged_line_keys', v_delivered.staged_lines,
         'delivered_sales', v_delivered.sales, 'staged_sales', v_delivered.staged_sales,
         'orphan_facts', v_delivered.orphans);
+    -- the run's members only: the merge wrote no other (a run of 100 lines read all 500k
+    -- customers, 0.08-0.3 s)
     select count(*) into v_current_twins from (
-        select customer_id from staging.dim_cliente where is_current
+        select customer_id from staging.dim_cliente
+        where is_current and customer_id in (select customer_id from public.bulk_dim_cliente
+                                             where run_id = p_run_id)
         group by customer_id having count(*) > 1) as d;
     select count(*) into v_product_twins from (
-        select product_id from staging.dim_inventario group by product_id having count(*) > 1) as d;
+        select product_id from staging.dim_inventario
+        where product_id in (select product_id from public.bulk_dim_inventario
+                             where run_id = p_run_id)
+        group by product_id having count(*) > 1) as d;
 
     -- Every check, expected against found: a check passes when they are equal.
     v_list := jsonb_build_array(

@@ -753,6 +753,36 @@ def in_transit(db, run_id: str) -> int:
     )
 
 
+def test_the_gate_checks_the_natural_keys_of_the_runs_members_only(empty_warehouse):
+    """A small run onto many customers and products: the checks of their natural keys read
+    the run's members, not every member of the dimensions."""
+    db = empty_warehouse
+    p = new_prefix()
+    many = Delivery(p, f"{p}-r1")
+    for n in range(1, 1001):
+        many.line(n, customer=f"C{n}", product=f"P{n}")
+    merge(db, many.load(db).run_id)
+    small = Delivery(p, f"{p}-r2").line(2000, customer="C7", product="P7").load(db)
+    merge(db, small.run_id, clear_after=False)
+    reads = text(  # rows this session read from the dimensions (not yet flushed to pg_stat)
+        "select coalesce(sum(seq_tup_read + coalesce(idx_tup_fetch, 0)), 0) "
+        "from pg_stat_xact_user_tables where schemaname = 'staging' and relname like 'dim\\_%'"
+    )
+    with warehouse.transaction(db) as conn:
+        before = conn.execute(reads).scalar_one()
+        conn.execute(text("call staging.sp_publish_gate(:r)"), {"r": small.run_id})
+        assert conn.execute(reads).scalar_one() - before < 20  # 1,001 of each before
+    checks = scalar(
+        db,
+        "select details -> 'checks' from audit.run_log where run_id = :r and step = 'publish'",
+        r=small.run_id,
+    )
+    assert [(c["check"], c["found"]) for c in checks if "ids" in c["check"]] == [
+        ("dim_cliente: customer ids with more than one current row", 0),
+        ("dim_inventario: duplicated product ids", 0),
+    ]
+
+
 def test_publish_gate_runs_in_the_merge_and_a_failed_check_publishes_nothing(db):
     p = new_prefix()
     run = Delivery(p, f"{p}-r1").line(1).line(2).load(db)
