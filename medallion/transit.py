@@ -41,10 +41,17 @@ def load_gold(
     tables = list(manifest["objects"])
     dimensions = [t for t in tables if t != "fact_operaciones_ventas"]
 
-    def load(some: list[str]) -> dict[str, int]:
-        return {t: _load_table(db, s3, gold_bucket, run_id, manifest, t, batch_size) for t in some}
+    with (
+        warehouse.AdbcConnections(db) as connections,  # the dimensions' one goes on to the next
+        ThreadPoolExecutor(max_workers=2, thread_name_prefix="load") as pool,
+    ):
 
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="load") as pool:
+        def load(some: list[str]) -> dict[str, int]:
+            return {
+                t: _load_table(db, s3, gold_bucket, run_id, manifest, t, batch_size, connections)
+                for t in some
+            }
+
         fact = pool.submit(load, [t for t in tables if t not in dimensions])
         loaded = pool.submit(load, dimensions).result() | fact.result()
     return {table: loaded[table] for table in tables}  # in gold's order
@@ -58,10 +65,11 @@ def _load_table(
     manifest: Mapping[str, Any],
     table: str,
     batch_size: int,
+    connections: warehouse.AdbcConnections,
 ) -> int:
     started = datetime.now(UTC)
     batches = storage.iter_parquet_batches(s3, gold_bucket, manifest["objects"][table], batch_size)
-    loaded = warehouse.load_run(db, table, run_id, batches)
+    loaded = warehouse.load_run(db, table, run_id, batches, connections=connections)
     if loaded != manifest["rows"][table]:
         raise RuntimeError(
             f"public.{warehouse.TRANSIT_TABLES[table]}: gold has {manifest['rows'][table]} "

@@ -179,6 +179,44 @@ def adbc_connection(eng: Engine) -> adbc_dbapi.Connection:
     return adbc_driver_postgresql.dbapi.connect(adbc_uri(eng))
 
 
+class AdbcConnections:
+    """ADBC connections to an engine's database, opened when a load first needs one and handed
+    to the next load once it is done with them (opening one takes about 50 ms here: two of them
+    per table were most of a 10k-line run's load); all closed with the block. A connection
+    whose load failed is closed at once, never handed on."""
+
+    def __init__(self, eng: Engine) -> None:
+        self.eng = eng
+        self.opened = 0
+        self._idle: list[adbc_dbapi.Connection] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def connection(self) -> Iterator[adbc_dbapi.Connection]:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = adbc_connection(self.eng)
+            with self._lock:
+                self.opened += 1
+        try:
+            yield conn
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            self._idle.append(conn)
+
+    def __enter__(self) -> AdbcConnections:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
 def register_sources(eng: Engine, run_id: str) -> dict[str, int]:
     """The key of each of the run's files (``staging.fact_sources``: the files its silver step
     recorded, registered on the first call), by which its lines name their source."""
@@ -293,15 +331,20 @@ def load_run(
     run_id: str,
     batches: Iterable[pa.RecordBatch],
     streams: int = 2,
+    connections: AdbcConnections | None = None,
 ) -> int:
     """Load a run's gold batches into ``public.bulk_<table>``: its earlier rows are removed,
-    then the batches go through ``load_transit`` (``to_sql`` + binary COPY) on ``streams``
-    ADBC connections at once, so that one connection's COPY runs on the server while the next
-    batch is prepared here. Each row's ``bulk_seq`` is its place in gold (the merge keeps the
-    later of two lines with one key), and each line names its file by key (``register_sources``,
-    ``with_source_keys``). If any batch fails, the run's rows are removed again and the error is
-    raised: the transit table holds all of the run or none of it.
+    then the batches go through ``load_transit`` (``to_sql`` + binary COPY) on up to
+    ``streams`` ADBC connections at once, so that one connection's COPY runs on the server
+    while the next batch is prepared here; a stream takes a connection (from ``connections``,
+    shared with other loads) only once it has a batch. Each row's ``bulk_seq`` is its place in
+    gold (the merge keeps the later of two lines with one key), and each line names its file by
+    key (``register_sources``, ``with_source_keys``). If any batch fails, the run's rows are
+    removed again and the error is raised: the transit table holds all of the run or none of it.
     """
+    if connections is None:
+        with AdbcConnections(eng) as own:
+            return load_run(eng, table, run_id, batches, streams, own)
     import numpy as np
 
     with transaction(eng) as conn:
@@ -323,8 +366,10 @@ def load_run(
 
     def stream() -> int:
         rows = 0
-        with adbc_connection(eng) as conn:
-            while (item := next_batch()) is not None:
+        if (item := next_batch()) is None:
+            return rows  # another stream took every batch: no connection
+        with connections.connection() as conn:
+            while item is not None:
                 batch, first = item
                 frame = transit_frame(with_source_keys(batch, sources))
                 # each row's place in gold: the streams' COPYs run at once, so the order in
@@ -332,6 +377,7 @@ def load_run(
                 # the row with the highest bulk_seq: the later line)
                 frame["bulk_seq"] = np.arange(first, first + len(frame), dtype=np.int64)
                 rows += load_transit(conn, table, frame)
+                item = next_batch()
         return rows
 
     try:

@@ -283,6 +283,35 @@ def test_load_run_numbers_rows_in_gold_order_though_the_streams_copy_at_once(db)
     assert keys == [f"order-test-{i}" for i in range(60_000)]
 
 
+def test_loads_share_their_connections_and_open_one_only_for_a_batch(db):
+    runs = ("share-a", "share-b", "share-failing", "share-c")
+
+    failing = pa.record_batch(  # a fifth decimal: the COPY of its one batch fails
+        {
+            "line_key": pa.array(["share-failing-0"]),
+            "sales": pa.array([Decimal("1.00001")], pa.decimal128(18, 5)),
+            "run_id": pa.array([runs[2]]),
+        }
+    )
+    with warehouse.AdbcConnections(db) as connections:
+
+        def load(run: str, batches) -> int:
+            return warehouse.load_run(db, "fact_operaciones_ventas", run, batches, 2, connections)
+
+        for run in runs[:2]:  # a batch each: one stream loads it, on the connection of the last
+            assert load(run, iter([_fact_batch(run, 0, 3)])) == 3
+        assert connections.opened == 1
+        with pytest.raises(pa.ArrowInvalid):  # its connection is closed, not handed on
+            load(runs[2], iter([failing]))
+        assert load(runs[3], iter([_fact_batch(runs[3], 0, 3)])) == 3
+        assert connections.opened == 2
+    loaded = {r: in_transit(db, r) for r in runs}
+    with warehouse.transaction(db) as conn:
+        for run in runs:
+            warehouse.clear_transit(conn, "fact_operaciones_ventas", run)
+    assert loaded == {"share-a": 3, "share-b": 3, "share-failing": 0, "share-c": 3}
+
+
 def test_load_run_failing_batch_leaves_nothing_of_the_run(db):
     def batches():
         for i in range(6):
