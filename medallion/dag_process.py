@@ -199,6 +199,12 @@ class TaskProgress:
 
 
 if __name__ == "__main__":
+    import gc
+
+    # Airflow's imports and the DAG's parse make objects by the million and free few: the
+    # collector, run every few hundred of them, took a fifth of the imports' time (1.67 ->
+    # 1.34 s measured). It runs again once the DAG is parsed (medallion.runs._dag_test).
+    gc.disable()
     from medallion.runs import main
 
     main(sys.argv[1:])

@@ -21,6 +21,7 @@ started as jupyter_client starts it.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -70,11 +71,11 @@ def serve() -> None:
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]  # as ipykernel_launcher: the kernel adds its working directory itself
     os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
+    gc.disable()  # imports make objects by the million and free few: no collection meanwhile
     for module in PRELOADED:
         importlib.import_module(module)
-    import gc
-
     gc.freeze()  # the imported objects stay shared with the kernels (no copy by the collector)
+    gc.enable()  # before any fork: a kernel collects as usual
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # kernels that end are reaped by the system
     zygote_pid = os.getpid()
     for line in requests:
