@@ -74,18 +74,9 @@ begin
         'delivered_line_keys', v_delivered.lines, 'staged_line_keys', v_delivered.staged_lines,
         'delivered_sales', v_delivered.sales, 'staged_sales', v_delivered.staged_sales,
         'orphan_facts', v_delivered.orphans);
-    -- the run's members only: the merge wrote no other (a run of 100 lines read all 500k
-    -- customers, 0.08-0.3 s)
-    select count(*) into v_current_twins from (
-        select customer_id from staging.dim_cliente
-        where is_current and customer_id in (select customer_id from public.bulk_dim_cliente
-                                             where run_id = p_run_id)
-        group by customer_id having count(*) > 1) as d;
-    select count(*) into v_product_twins from (
-        select product_id from staging.dim_inventario
-        where product_id in (select product_id from public.bulk_dim_inventario
-                             where run_id = p_run_id)
-        group by product_id having count(*) > 1) as d;
+    v_current_twins := staging.natural_key_twins('dim_cliente', 'customer_id', p_run_id,
+                                                 'is_current');
+    v_product_twins := staging.natural_key_twins('dim_inventario', 'product_id', p_run_id);
 
     -- Every check, expected against found: a check passes when they are equal.
     v_list := jsonb_build_array(
