@@ -793,14 +793,12 @@ def test_the_gate_checks_the_natural_keys_of_the_runs_members_only(empty_warehou
     merge(db, many.load(db).run_id)
     small = Delivery(p, f"{p}-r2").line(2000, customer="C7", product="P7").load(db)
     merge(db, small.run_id, clear_after=False)
-    reads = text(  # rows this session read from the dimensions (not yet flushed to pg_stat)
+    rows_read = (  # from the dimensions
         "select coalesce(sum(seq_tup_read + coalesce(idx_tup_fetch, 0)), 0) "
         "from pg_stat_xact_user_tables where schemaname = 'staging' and relname like 'dim\\_%'"
     )
-    with warehouse.transaction(db) as conn:
-        before = conn.execute(reads).scalar_one()
-        conn.execute(text("call staging.sp_publish_gate(:r)"), {"r": small.run_id})
-        assert conn.execute(reads).scalar_one() - before < 20  # 1,001 of each before
+    gate = "call staging.sp_publish_gate(:r)"
+    assert change_during(db, rows_read, gate, r=small.run_id) < 20  # 1,001 of each before
     checks = scalar(
         db,
         "select details -> 'checks' from audit.run_log where run_id = :r and step = 'publish'",
@@ -948,6 +946,15 @@ def clear(db, run_id: str) -> None:
         conn.execute(text("call staging.sp_clear_transit(:r)"), {"r": run_id})
 
 
+def change_during(db, counter: str, call: str, **params) -> int:
+    """How much ``counter`` (this session's statistics, not yet flushed to pg_stat) grew while
+    ``call`` ran, in one transaction."""
+    with warehouse.transaction(db) as conn:
+        before = conn.execute(text(counter)).scalar_one()
+        conn.execute(text(call), params)
+        return conn.execute(text(counter)).scalar_one() - before
+
+
 def transit_file(db) -> int:
     return scalar(
         db,
@@ -998,14 +1005,11 @@ def test_clearing_reads_no_transit_table_while_no_other_run_is_under_way(empty_w
     merge(db, published.run_id)
     run = Delivery(p, f"{p}-r2").line(2).load(db)
     merge(db, run.run_id, clear_after=False)
-    reads = text(  # this session's reads of the transit tables (not yet flushed to pg_stat)
+    reads = (  # of the transit tables
         "select coalesce(sum(seq_scan), 0) from pg_stat_xact_user_tables "
         "where schemaname = 'public' and relname like 'bulk\\_%'"
     )
-    with warehouse.transaction(db) as conn:
-        before = conn.execute(reads).scalar_one()
-        conn.execute(text("call staging.sp_clear_transit(:r)"), {"r": run.run_id})
-        assert conn.execute(reads).scalar_one() == before
+    assert change_during(db, reads, "call staging.sp_clear_transit(:r)", r=run.run_id) == 0
     assert in_transit(db, run.run_id) == 0
 
 
@@ -1020,14 +1024,12 @@ def test_clearing_asks_about_each_run_under_way_once_not_per_row(empty_warehouse
     under_way.load(db)  # loaded, not merged yet: its rows are kept
     run = Delivery(p, f"{p}-r1").line(1000).load(db)
     merge(db, run.run_id, clear_after=False)
-    lookups = text(  # this session's reads of the run log (not yet flushed to pg_stat)
+    lookups = (  # of the run log
         "select coalesce(sum(seq_scan + coalesce(idx_scan, 0)), 0) "
         "from pg_stat_xact_user_tables where schemaname = 'audit' and relname = 'run_log'"
     )
-    with warehouse.transaction(db) as conn:
-        before = conn.execute(lookups).scalar_one()
-        conn.execute(text("call staging.sp_clear_transit(:r)"), {"r": run.run_id})
-        assert conn.execute(lookups).scalar_one() - before < 30  # 3 tables, a few per run
+    clear = "call staging.sp_clear_transit(:r)"
+    assert change_during(db, lookups, clear, r=run.run_id) < 30  # 3 tables, a few per run
     assert (in_transit(db, run.run_id), in_transit(db, under_way.run_id)) == (0, 300)
 
 
