@@ -75,7 +75,7 @@ begin
         'delivered_sales', v_delivered.sales, 'staged_sales', v_delivered.staged_sales,
         'orphan_facts', v_delivered.orphans);
     v_current_twins := staging.natural_key_twins('dim_cliente', 'customer_id', p_run_id,
-                                                 'is_current');
+                                                 p_current => true);
     v_product_twins := staging.natural_key_twins('dim_inventario', 'product_id', p_run_id);
 
     -- Every check, expected against found: a check passes when they are equal.
