@@ -299,7 +299,7 @@ def _parse_block(
         return "skip"
 
     table = pacsv.read_csv(
-        io.BytesIO(utf8),
+        pa.BufferReader(utf8),  # read in C++, without the GIL or a copy
         read_options=pacsv.ReadOptions(
             column_names=names, use_threads=False, block_size=len(utf8) + 1
         ),
@@ -310,6 +310,7 @@ def _parse_block(
             column_types={n: pa.string() for n in names},
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,
+            check_utf8=False,  # the block is valid UTF-8: checked above, or encoded here
         ),
     )
     if table.num_rows + len(invalid) != n:
