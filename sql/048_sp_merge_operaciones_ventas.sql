@@ -24,7 +24,8 @@
 --   without comparing them either, and counts them with the merge itself (merge_dim_*);
 -- * only rows whose values changed are updated (IS DISTINCT FROM): a re-run changes nothing;
 -- * dim_cliente as SCD type 1 (default) or 2 (p_scd_type => 2);
--- * inserted / updated / unchanged per table go to audit.run_log;
+-- * inserted / updated / unchanged per table go to audit.run_log, and the fact's line count
+--   (audit.fact_line_count) grows by the lines inserted;
 -- * a delivery of at least p_bulk_min_lines lines and a fifth of the fact (a reload, a
 --   large delivery onto a small fact) is merged without the fact's primary key, foreign keys
 --   and their indexes, which are built again before the procedure ends, the foreign keys
@@ -76,6 +77,9 @@ begin
     perform pg_advisory_xact_lock(hashtext('staging.sp_merge_operaciones_ventas'));
     perform set_config('lock_timeout', v_lock_timeout, true);
     perform set_config('work_mem', '256MB', true);  -- hash joins of a large delivery in memory
+    -- this transaction's writes to the fact are counted here (audit.fact_line_count), not
+    -- forgotten by its guard (sql/054)
+    perform set_config('medallion.merging', 'on', true);
     if staging.run_published(p_run_id) then
         raise notice 'run % is already published: nothing to merge', p_run_id;
         return;
@@ -209,6 +213,16 @@ begin
             end if;
             call audit.record_merge(p_run_id, 'staging.' || v_table, v_inserted, v_updated,
                                     v_source - v_inserted - v_updated, v_started, v_how);
+            if v_table = 'fact_operaciones_ventas' then  -- the fact's lines: those it had + new
+                if v_empty then
+                    insert into audit.fact_line_count as c (lines) values (v_inserted)
+                    on conflict (only_row) do update set lines = excluded.lines,
+                                                         counted_at = now();
+                else  -- none kept (forgotten): the next reader counts them
+                    update audit.fact_line_count
+                    set lines = lines + v_inserted, counted_at = now();
+                end if;
+            end if;
         end loop;
         call staging.sp_publish_gate(p_run_id, v_staged);
     exception when others then

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from medallion import results
-from tests.test_warehouse import Delivery, merge, new_prefix
+from tests.test_warehouse import Delivery, change_during, merge, new_prefix, scalar
 
 
 def view(db, sql: str, run_id: str) -> pd.DataFrame:
@@ -161,6 +161,59 @@ def test_staging_rows_are_each_tables_and_the_views_count(db, runs):
     with db.connect() as conn:
         for table in rows.index:
             assert rows[table] == conn.execute(text(f"select count(*) from {table}")).scalar_one()
+
+
+# scans of the fact in this transaction (sequential and index scans, index-only ones too)
+FACT_READS = (
+    "select coalesce(seq_scan, 0) + coalesce(idx_scan, 0) from pg_stat_xact_user_tables "
+    "where relid = 'staging.fact_operaciones_ventas'::regclass"
+)
+
+
+def kept_fact_lines(db) -> int | None:
+    with db.connect() as conn:
+        return conn.execute(text("select lines from audit.fact_line_count")).scalar_one_or_none()
+
+
+def fact_count(db) -> int:
+    return scalar(db, "select count(*) from staging.fact_operaciones_ventas")
+
+
+def test_the_fact_lines_shown_are_the_merges_count_not_a_read_of_every_line(db):
+    with db.connect() as conn, conn.begin():
+        conn.execute(text("select audit.fact_lines()"))  # counted once and kept, if it was not
+    p = new_prefix()
+    merge(db, Delivery(p, f"{p}-r1").line(1).line(2).load(db).run_id)
+    # a line changed and a new one: the merge path, not the insert of new lines
+    merge(db, Delivery(p, f"{p}-r2").line(2, sales=Decimal("3")).line(3).load(db).run_id)
+    assert change_during(db, FACT_READS, "select audit.fact_lines()") == 0
+    shown = results.staging_rows(db).set_index("table")["rows"]
+    assert shown["staging.fact_operaciones_ventas"] == fact_count(db) == kept_fact_lines(db)
+
+
+def test_a_write_that_is_not_a_merges_has_the_fact_lines_counted_again(db):
+    p = new_prefix()
+    run = Delivery(p, f"{p}-r1").line(1).line(2).load(db).run_id
+    merge(db, run)
+    with db.connect() as conn, conn.begin():
+        conn.execute(text("select audit.fact_lines()"))
+        assert kept_fact_lines(db) is not None
+        conn.execute(  # by hand, outside the merge: one of the run's lines goes
+            text("delete from staging.fact_operaciones_ventas where line_key = :k"),
+            {"k": f"{p}-L1"},
+        )
+    assert kept_fact_lines(db) is None  # forgotten: never a stale number
+    assert change_during(db, FACT_READS, "select audit.fact_lines()") > 0  # counted again
+    shown = results.staging_rows(db).set_index("table")["rows"]
+    assert shown["staging.fact_operaciones_ventas"] == fact_count(db) == kept_fact_lines(db)
+
+
+def test_a_first_load_keeps_its_lines_as_the_fact_count(empty_warehouse):
+    db = empty_warehouse
+    p = new_prefix()
+    merge(db, Delivery(p, f"{p}-r1").line(1).line(2).line(3).load(db).run_id)
+    assert kept_fact_lines(db) == 3 == fact_count(db)
+    assert change_during(db, FACT_READS, "select audit.fact_lines()") == 0
 
 
 def test_a_runs_summary_takes_the_staging_counts_its_result_notebook_recorded(db, runs):
