@@ -262,3 +262,25 @@ def test_warm_kernels_allocate_arrow_memory_with_jemalloc(warm):
 def test_a_notebooks_own_kernel_allocates_arrow_memory_with_jemalloc(tmp_path):
     # papermill's own engine: a task's process imported medallion, its kernels inherit the choice
     assert run_cell(tmp_path, "pool", ARROW_POOL).strip() == "jemalloc"
+
+
+# Freed blocks of 8-24 MB reused, not given back to the system and faulted in again (pages)
+REUSED_MEMORY = """import resource
+def rounds():
+    for size in (8, 16, 24):
+        block = bytearray(size << 20)
+        del block
+rounds()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+rounds()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)"""
+
+
+def test_kernels_forked_from_the_zygote_keep_the_memory_they_freed(warm):
+    kernels.POOL.start_next("python3")  # forked: the zygote imported medallion
+    assert int(run_cell(warm, "reused", REUSED_MEMORY)) < 100  # 6,143 with glibc's defaults
+
+
+def test_a_notebooks_own_kernel_keeps_the_memory_it_freed_once_it_imports_medallion(tmp_path):
+    code = "import medallion  # as every notebook does first\n" + REUSED_MEMORY
+    assert int(run_cell(tmp_path, "reused", code)) < 100
