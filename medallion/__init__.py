@@ -12,6 +12,10 @@ import os
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 os.environ.setdefault("JE_ARROW_MALLOC_CONF", "narenas:1")
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
+MALLOC_MMAP_THRESHOLD = 32 << 20
+MALLOC_TRIM_THRESHOLD = 64 << 20
+
 
 def _keep_freed_memory() -> None:
     """glibc's malloc (Python's large objects, numpy's and pandas' arrays) gives freed memory
@@ -19,7 +23,7 @@ def _keep_freed_memory() -> None:
     the heap's top is trimmed past twice that, and the next chunk's arrays fault their pages in
     again, zeroed. Here blocks up to MALLOC_MMAP_THRESHOLD come from the heap and up to
     MALLOC_TRIM_THRESHOLD of its freed top is kept: silver's pass over 1M lines 600k page faults
-    -> 450k, 3.3-3.55 s -> 3.0-3.1 s wall, the same peak RSS (issue 12). Not glibc: left as is."""
+    -> 450k, 3.31-3.55 s -> 3.13-3.22 s wall, the same peak RSS (issue 12). Not glibc: as is."""
     import ctypes
 
     try:
@@ -30,9 +34,6 @@ def _keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
-MALLOC_MMAP_THRESHOLD = 32 << 20
-MALLOC_TRIM_THRESHOLD = 64 << 20
 _keep_freed_memory()  # this process's and its kernels' (forked, or importing us)
 
 from medallion import papermill_stores  # noqa: E402 - after the allocator's choice

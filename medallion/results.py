@@ -88,8 +88,9 @@ def staging_rows(db: Engine, run_id: str | None = None) -> pd.DataFrame:
     """Rows now in each staging table and in the view. The view joins each fact line to its
     customer and product, which its validated foreign keys guarantee: it holds one row per fact
     line, so the fact's count is the view's. The fact's lines are the count the merges keep
-    (``audit.fact_lines``, exact: any other write makes the next call count them again), not a
-    read of every line (10M lines: 0.25-0.6 s per run, growing with the warehouse).
+    (``audit.fact_lines``, exact: lines inserted or deleted by anything else make the next call
+    count them again), not a read of every line (10M lines: 0.25-0.6 s per run, growing with
+    the warehouse).
 
     With ``run_id`` (notebook 05) the counts also go to the run's log (step 'result'), where the
     command's summary takes them (``recorded_staging_rows``)."""

@@ -215,7 +215,7 @@ begin
                                     v_source - v_inserted - v_updated, v_started, v_how);
             if v_table = 'fact_operaciones_ventas' then  -- the fact's lines: those it had + new
                 if v_empty then
-                    insert into audit.fact_line_count as c (lines) values (v_inserted)
+                    insert into audit.fact_line_count (lines) values (v_inserted)
                     on conflict (only_row) do update set lines = excluded.lines,
                                                          counted_at = now();
                 else  -- none kept (forgotten): the next reader counts them

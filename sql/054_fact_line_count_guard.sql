@@ -1,7 +1,7 @@
--- A write to the fact that is not a merge's (a fix by hand, a migration) forgets the fact's
--- line count (audit.fact_line_count): the next reader counts the lines again. The merge marks
--- its own transaction (medallion.merging), whose writes it counts itself. Fired once per
--- statement, not per line.
+-- Lines inserted into the fact or deleted from it other than by the merge (a fix by hand, a
+-- migration) make the fact's line count (audit.fact_line_count) forgotten: the next reader
+-- counts the lines again. The merge marks its own transaction (medallion.merging), whose lines
+-- it counts itself. Fired once per statement, not per line; an update changes no count.
 create or replace function audit.forget_fact_line_count() returns trigger
 language plpgsql
 security definer  -- whoever writes to the fact: the count goes
